@@ -1,0 +1,47 @@
+"""replica: a local, offline-queryable SQLite copy of Postgres data, kept in sync through
+ElectricSQL's HTTP Shape API.
+
+    from replica import Replica, Shape
+
+    async with Replica("app.db", "http://localhost:3000/v1/shape", [Shape("items")]) as r:
+        await r.synced()          # every shape has committed its first up-to-date
+        ...                       # query app.db with any SQLite tool, while it stays in sync
+"""
+
+__version__ = "0.1.0"
+
+from replica.backoff import Backoff
+from replica.errors import (
+    ConfigError,
+    NetworkError,
+    ProtocolError,
+    ReplicaError,
+    ServerBusy,
+    ShapeError,
+    StoreError,
+    TransientError,
+)
+from replica.protocol import Checkpoint, Commit, Shape, ShapeLog
+from replica.store import Applied, Store
+from replica.sync import Replica, ShapeState
+
+__all__ = [
+    "Applied",
+    "Backoff",
+    "Checkpoint",
+    "Commit",
+    "ConfigError",
+    "NetworkError",
+    "ProtocolError",
+    "Replica",
+    "ReplicaError",
+    "ServerBusy",
+    "Shape",
+    "ShapeError",
+    "ShapeLog",
+    "ShapeState",
+    "Store",
+    "StoreError",
+    "TransientError",
+    "__version__",
+]

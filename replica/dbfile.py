@@ -1,0 +1,149 @@
+"""The SQLite file around the store: replica's bookkeeping DDL, file privacy, the single-writer
+lock, and the wording of SQLite failures (the store raises them; this only words them).
+"""
+
+from __future__ import annotations
+
+import os
+
+import apsw
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock; SQLite's own locking still keeps the file sane
+    fcntl = None  # type: ignore[assignment]
+
+from replica.errors import StoreError
+
+__all__ = ["LOCK_SUFFIX", "STATE_SQL", "StoreLock", "describe_apsw_error", "make_private"]
+
+# Must equal schemas/state.sql byte for byte (tests/unit/test_store.py checks).
+STATE_SQL = """-- replica's own bookkeeping tables (design.md §8). Every name starts with _replica.
+-- replica.store.STATE_SQL is this text; tests/unit/test_store.py checks both the text and the
+-- tables a new Store creates.
+
+-- One row per local table: the published position, written in the same transaction as the rows
+-- (R1), and the status. definition/schema describe the rows now visible; handle/offset NULL
+-- means there is no position to resume from (never published, or reset): the next publish
+-- replaces every row.
+CREATE TABLE IF NOT EXISTS "_replica_shapes" (
+    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+    "definition" TEXT,
+    "handle" TEXT,
+    "offset" TEXT,
+    "cursor" TEXT,
+    "schema" TEXT,
+    "state" TEXT NOT NULL DEFAULT 'stopped',
+    "last_synced_at" TEXT,
+    "rows" INTEGER NOT NULL DEFAULT 0,
+    "error" TEXT
+);
+
+-- A snapshot or burst still arriving: the position to resume from (a crash resumes mid-snapshot),
+-- and whether publishing it replaces every row of the table (refetch).
+CREATE TABLE IF NOT EXISTS "_replica_stages" (
+    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+    "definition" TEXT NOT NULL,
+    "handle" TEXT,
+    "offset" TEXT NOT NULL,
+    "cursor" TEXT,
+    "schema" TEXT,
+    "refetch" INTEGER NOT NULL,
+    "changes" INTEGER NOT NULL DEFAULT 0
+);
+
+-- The staged changes in log order (seq), raw as received; converted and applied at publish (R2, R10).
+CREATE TABLE IF NOT EXISTS "_replica_staging" (
+    "seq" INTEGER PRIMARY KEY,
+    "name" TEXT NOT NULL COLLATE NOCASE,
+    "operation" TEXT NOT NULL,
+    "key" TEXT NOT NULL,
+    "value" TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "_replica_staging_name" ON "_replica_staging" ("name", "seq");
+"""
+
+LOCK_SUFFIX = "-replica-lock"
+
+
+def make_private(path: str) -> None:
+    """Create the database file readable and writable by its owner only (0600) if it is new.
+
+    SQLite gives the -wal and -shm files the database file's permissions. An existing file keeps
+    the mode its owner chose.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror}; check the directory exists and is writable") from exc
+    os.close(fd)
+
+
+class StoreLock:
+    """An exclusive advisory lock on a sidecar file: one replica writer per database (flock)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, path: str) -> StoreLock:
+        if fcntl is None:
+            return cls(None)
+        lock_path = path + LOCK_SUFFIX
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the lock file {lock_path}: {exc.strerror}; check the directory is writable"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise StoreError(
+                f"another replica is already writing {path} (it holds {lock_path}); "
+                "only one writer per database: stop the other process, or use another file"
+            ) from exc
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot lock {lock_path}: {exc.strerror}") from exc
+        return cls(fd)
+
+    def release(self) -> None:
+        # Closing the descriptor releases the lock; the file stays (removing it would race a new locker).
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def describe_apsw_error(exc: apsw.Error, path: str, action: str) -> str:
+    """A message for a SQLite failure that says what to do about it."""
+    detail = str(exc)
+    if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+        remedy = (
+            "the database is locked by another connection or process; keep the app's write "
+            "transactions short (replica retries)"
+        )
+    elif isinstance(exc, apsw.FullError):
+        remedy = "the disk (or a size limit) is full; free space and replica resumes from its last checkpoint"
+    elif isinstance(exc, apsw.ReadOnlyError):
+        remedy = "the database is read-only; make the file, its -wal/-shm files and the directory writable"
+    elif isinstance(exc, (apsw.CantOpenError, apsw.PermissionsError, apsw.AuthError)):
+        remedy = "cannot open or access the file; check the path, the directory and their permissions"
+    elif isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
+        remedy = "the file is not a SQLite database or is corrupt; restore it or point replica at a new file"
+    elif isinstance(exc, apsw.IOError):
+        remedy = "a disk I/O error; check the disk and filesystem"
+    elif isinstance(exc, apsw.NoMemError):
+        remedy = "SQLite ran out of memory"
+    elif isinstance(exc, apsw.TooBigError):
+        remedy = "a value exceeds SQLite's size limit (SQLITE_MAX_LENGTH)"
+    elif isinstance(exc, apsw.ConstraintError):
+        remedy = "a constraint rejected a row; a user-added trigger or constraint on a synced table may conflict"
+    elif isinstance(exc, apsw.ExecTraceAbort):
+        remedy = "an exec tracer aborted the statement"
+    else:
+        remedy = "SQLite failed"
+    return f"{action} in {path} failed: {remedy} ({type(exc).__name__}: {detail})"

@@ -1,0 +1,96 @@
+"""The HTTP rim: send one ``Request`` with httpx and return a plain ``Response``.
+
+This is the one place httpx exceptions become replica errors (``NetworkError``, ``ConfigError``),
+chained with ``from``. Bodies are read whole: Electric caps a response at ~10 MB, so memory
+stays bounded by the server's chunk size, not by the shape's size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import httpx
+
+from replica import wire
+from replica.errors import ConfigError, NetworkError
+from replica.protocol import Request, Response
+
+__all__ = ["DEFAULT_LIVE_TIMEOUT", "DEFAULT_TIMEOUT", "fetch", "new_client"]
+
+class _RedactSecrets(logging.Filter):
+    """httpx logs each request's URL at INFO; Electric's secret rides in that URL's query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                wire.redact_url(str(arg)) if isinstance(arg, httpx.URL) or _has_secret(arg) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _has_secret(value: object) -> bool:
+    return isinstance(value, str) and any(f"{name}=" in value for name in wire.SECRET_PARAMS)
+
+
+logging.getLogger("httpx").addFilter(_RedactSecrets())
+
+DEFAULT_TIMEOUT = 60.0  # a non-live chunk: generous for 10 MB over a slow link
+DEFAULT_LIVE_TIMEOUT = 45.0  # watchdog for long-polls, which Electric holds ~20 s
+
+
+def new_client(
+    *, connections: int = 10, verify: bool | str = True, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """An AsyncClient sized for ``connections`` concurrent long-polls, TLS verified by default.
+
+    ``verify`` may be a path to a CA bundle (PEM) for servers with a private CA.
+    """
+    limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4)
+    if transport is not None:
+        return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=True)
+    if isinstance(verify, str):
+        import ssl
+
+        verify = ssl.create_default_context(cafile=verify)
+    return httpx.AsyncClient(limits=limits, verify=verify, follow_redirects=True)
+
+
+async def fetch(
+    client: httpx.AsyncClient,
+    url: str,
+    request: Request,
+    *,
+    headers: Mapping[str, str] | None = None,
+    params: Sequence[tuple[str, str]] = (),
+    timeout: float | None = None,
+) -> Response:
+    """GET the shape log with the request's parameters (plus ``params``, e.g. ``secret``)."""
+    if timeout is None:
+        timeout = DEFAULT_LIVE_TIMEOUT if request.live else DEFAULT_TIMEOUT
+    query = list(request.params) + list(params)
+    try:
+        reply = await client.get(
+            url,
+            params=query,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        )
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"url: {exc}") from exc
+    except httpx.UnsupportedProtocol as exc:
+        raise ConfigError(f"url: {exc}; use http:// or https://") from exc
+    except httpx.TimeoutException as exc:
+        raise NetworkError(f"timed out after {timeout:g} s waiting for {wire.redact_url(url)}") from exc
+    except httpx.TransportError as exc:
+        # Connect errors, resets, and bodies cut short (RemoteProtocolError) all mean: resend.
+        kind = type(exc).__name__
+        raise NetworkError(f"{kind} talking to {wire.redact_url(url)}: {_safe(exc)}") from exc
+    return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, reply.content)
+
+
+def _safe(exc: Exception) -> str:
+    """An httpx error message with any URL's secrets removed."""
+    text = str(exc) or type(exc).__name__
+    return "(details withheld: they contain a secret)" if _has_secret(text) else text

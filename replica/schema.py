@@ -1,0 +1,420 @@
+"""The type map: ``electric-schema`` → SQLite columns, DDL, and Postgres text → SQLite values.
+
+Pure (no apsw): ``replica.store`` turns a ``TableSchema`` into tables and binds the values that
+``TableSchema.convert_row`` returns. The map (design.md §5) is lossless by default:
+
+    int2/int4/int8/oid      INTEGER   (int8 bounds checked)
+    float4/float8           REAL      ±Infinity → ±inf; NaN → the TEXT 'NaN' (SQLite binds NaN as NULL);
+                                      -0 reads back as 0 (SQLite keeps no sign on zero)
+    numeric/money           TEXT      exactly as sent (opt into REAL per column with an override)
+    bool                    INTEGER   t/true → 1, f/false → 0
+    bytea                   BLOB      from ``\\x<hex>``
+    json/jsonb              TEXT      exactly as sent (SQLite's JSON functions read it)
+    arrays (dims ≥ 1)       TEXT      a JSON array of converted elements, nested per dimension
+    timestamptz/timetz      TEXT      offset written ``+HH:MM`` (SQLite's date functions read it),
+                                      timestamptz shifted to UTC so text order is time order
+    timestamp/date/time     TEXT      as sent (already readable and ordered)
+    anything else           TEXT      as sent (text, varchar, bpchar, uuid, interval, enums, domains…)
+
+A value that does not parse as its column's type raises ``ProtocolError`` naming the column and
+the value: it means the server and the schema disagree, so storing it silently would put wrong
+types in a typed column. The syncer backs off and the shape's status shows the message; the
+remedy for a column that genuinely carries odd text is the ``"text"`` override (keep as sent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from replica.errors import ProtocolError, ShapeError
+from replica.pgarray import parse_array
+
+__all__ = [
+    "OVERRIDES",
+    "Column",
+    "SQLValue",
+    "TableSchema",
+    "check_table_name",
+    "create_table_sql",
+    "fold_ident",
+    "identity_index_name",
+    "identity_index_sql",
+    "quote_ident",
+]
+
+SQLValue = int | float | str | bytes | None
+
+INT_TYPES = frozenset({"int2", "int4", "int8", "oid", "smallint", "integer", "bigint"})
+FLOAT_TYPES = frozenset({"float4", "float8", "real", "double precision"})
+BOOL_TYPES = frozenset({"bool", "boolean"})
+JSON_TYPES = frozenset({"json", "jsonb"})
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
+
+# Per-column overrides: "real" stores numbers as floats (lossy for numeric), "text" keeps the value
+# exactly as sent whatever the type (the escape hatch for values the strict converters refuse).
+OVERRIDES = frozenset({"real", "text"})
+
+_INT_RE = re.compile(r"[+-]?\d+")
+# Postgres float output: digits, optional fraction, optional exponent (no Python-only forms like "1_0").
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_TSTZ_RE = re.compile(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.(\d{1,6}))?)([+-])(\d\d)(?::?(\d\d))?(?::?(\d\d))?")
+_TIMETZ_RE = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?)([+-]\d\d)(?::?(\d\d))?")
+
+
+def quote_ident(name: str) -> str:
+    """A SQLite identifier in double quotes; any name works (quotes, spaces, keywords, unicode)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+# --- scalar converters: Postgres text → SQLite value (raise ValueError when the text is bad) ---
+
+
+def _to_int(text: str) -> int:
+    if not _INT_RE.fullmatch(text):
+        raise ValueError("not an integer")
+    value = int(text)
+    if not INT8_MIN <= value <= INT8_MAX:
+        raise ValueError("outside the 64-bit integer range")
+    return value
+
+
+def _to_float(text: str) -> float | str:
+    if text == "NaN":
+        return "NaN"  # SQLite turns a bound NaN into NULL; the text keeps the value
+    if text == "Infinity":
+        return math.inf
+    if text == "-Infinity":
+        return -math.inf
+    if not _FLOAT_RE.fullmatch(text):
+        raise ValueError("not a number")
+    return float(text)
+
+
+def _to_bool(text: str) -> int:
+    # Snapshot rows say true/false (col::text), replication rows and arrays say t/f.
+    if text in ("t", "true"):
+        return 1
+    if text in ("f", "false"):
+        return 0
+    raise ValueError("not a boolean (t/true/f/false)")
+
+
+def _to_bytes(text: str) -> bytes:
+    if not text.startswith("\\x") or not _HEX_RE.fullmatch(text, 2):
+        raise ValueError("not bytea hex output (\\x…)")
+    return bytes.fromhex(text[2:])
+
+
+def _timestamptz(text: str) -> str:
+    """``+00`` → ``+00:00``; other offsets shifted to UTC. BC, infinity and 5-digit years as sent."""
+    match = _TSTZ_RE.fullmatch(text)
+    if match is None:
+        return text
+    body, fraction, sign, hh, mm, ss = match.groups()
+    if hh == "00" and mm in (None, "00") and ss in (None, "00"):
+        return body + "+00:00"
+    offset = timedelta(hours=int(hh), minutes=int(mm or 0), seconds=int(ss or 0))
+    try:
+        local = datetime.fromisoformat(body.replace("T", " ").split(".")[0])
+        utc = local - offset if sign == "+" else local + offset
+    except (ValueError, OverflowError):
+        return text  # e.g. year 1 shifted below year 1: keep the original
+    frac = "." + fraction if fraction else ""
+    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} {utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}{frac}+00:00"
+
+
+def _timetz(text: str) -> str:
+    # A timetz keeps its own offset (it is not an instant), so only the offset's form changes.
+    match = _TIMETZ_RE.fullmatch(text)
+    if match is None:
+        return text
+    time, hours, minutes = match.groups()
+    return f"{time}{hours}:{minutes or '00'}"
+
+
+def _scalar_converter(pg_type: str) -> Callable[[str], SQLValue]:
+    if pg_type in INT_TYPES:
+        return _to_int
+    if pg_type in FLOAT_TYPES:
+        return _to_float
+    if pg_type in BOOL_TYPES:
+        return _to_bool
+    if pg_type == "bytea":
+        return _to_bytes
+    if pg_type == "timestamptz":
+        return _timestamptz
+    if pg_type == "timetz":
+        return _timetz
+    return str  # numeric, money, json, text, dates without zone, enums, unknown: as sent
+
+
+def _declared_type(pg_type: str, dims: int) -> str:
+    if dims:
+        return "TEXT"
+    if pg_type in INT_TYPES or pg_type in BOOL_TYPES:
+        return "INTEGER"
+    if pg_type in FLOAT_TYPES:
+        return "REAL"
+    if pg_type == "bytea":
+        return "BLOB"
+    # Only the four plain names: a declared type like "JSON" or "POINT" gets NUMERIC/INTEGER
+    # affinity in SQLite and would turn the text "123" into a number.
+    return "TEXT"
+
+
+# --- arrays ---
+
+
+class _RawJSON(str):
+    """JSON text embedded verbatim in an array's JSON (json/jsonb elements keep their numbers)."""
+
+
+def _array_element(pg_type: str) -> Callable[[str], Any]:
+    if pg_type in INT_TYPES:
+        return _to_int
+    if pg_type in FLOAT_TYPES:
+        # JSON has no NaN/Infinity: those stay strings, finite values are numbers.
+        return lambda text: text if text in ("NaN", "Infinity", "-Infinity") else _to_float(text)
+    if pg_type in BOOL_TYPES:
+        return lambda text: bool(_to_bool(text))
+    if pg_type == "bytea":
+        return lambda text: _to_bytes(text).hex()  # plain hex: SQLite's unhex() reads it
+    if pg_type in JSON_TYPES:
+        return _json_element
+    if pg_type == "timestamptz":
+        return _timestamptz
+    if pg_type == "timetz":
+        return _timetz
+    return str
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_element(text: str) -> _RawJSON:
+    json.loads(text, parse_constant=_reject_constant)  # validate; the text itself is kept
+    return _RawJSON(text.strip())
+
+
+def _dump(node: Any) -> str:
+    if isinstance(node, list):
+        return "[" + ",".join(_dump(item) for item in node) + "]"
+    if isinstance(node, _RawJSON):
+        return str(node)
+    return json.dumps(node, ensure_ascii=False, allow_nan=False)
+
+
+def _array_converter(pg_type: str) -> Callable[[str], str]:
+    element = _array_element(pg_type)
+    delimiter = ";" if pg_type == "box" else ","
+
+    def convert(text: str) -> str:
+        def walk(node: Any) -> Any:
+            if isinstance(node, list):
+                return [walk(item) for item in node]
+            return None if node is None else element(node)
+
+        return _dump(walk(parse_array(text, delimiter)))
+
+    return convert
+
+
+# --- columns and tables ---
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a synced table: Postgres type name, array dims, PK position, nullability."""
+
+    name: str
+    type: str
+    dims: int = 0
+    pk_index: int | None = None
+    not_null: bool = False
+    override: str | None = None
+
+    @property
+    def declared_type(self) -> str:
+        if self.override == "real":
+            return "REAL"
+        if self.override == "text":
+            return "TEXT"
+        return _declared_type(self.type, self.dims)
+
+    def converter(self) -> Callable[[str], SQLValue]:
+        if self.override == "text":
+            return str
+        if self.override == "real":
+            return _to_float  # numeric/money as a float: lossy, by request
+        if self.dims:
+            return _array_converter(self.type)
+        return _scalar_converter(self.type)
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The columns of a shape in ``electric-schema`` order, and its identity columns.
+
+    ``pk`` is the primary key in ``pk_index`` order; a table without one (``keyed`` False) is
+    identified by all its columns sorted by name, as Electric builds its keys.
+    """
+
+    columns: tuple[Column, ...]
+    pk: tuple[str, ...]
+    keyed: bool
+
+    @classmethod
+    def from_electric(cls, schema: Mapping[str, Any], overrides: Mapping[str, str] | None = None) -> TableSchema:
+        """Read an ``electric-schema`` object; ShapeError names what makes it unusable."""
+        if not isinstance(schema, Mapping):
+            raise ShapeError(f"electric-schema must be an object of column → {{type, …}}, got {type(schema).__name__}")
+        if not schema:
+            raise ShapeError("electric-schema has no columns; a shape must select at least one column")
+        overrides = dict(overrides or {})
+        columns: list[Column] = []
+        folded: dict[str, str] = {}
+        for name, spec in schema.items():
+            columns.append(_column(name, spec, overrides.pop(name, None) if isinstance(name, str) else None))
+            key = fold_ident(name)
+            if key in folded:
+                raise ShapeError(
+                    f"columns {folded[key]!r} and {name!r} differ only in case, but SQLite column "
+                    "names are case-insensitive; leave one out with the shape's columns"
+                )
+            folded[key] = name
+        if overrides:
+            raise ShapeError(f"overrides name columns that are not in the shape: {sorted(overrides)}")
+        keyed = [c for c in columns if c.pk_index is not None]
+        if keyed:
+            positions = sorted(c.pk_index for c in keyed if c.pk_index is not None)
+            if positions != list(range(len(keyed))):
+                raise ShapeError(f"electric-schema pk_index values must be 0..n-1 without gaps, got {positions}")
+            pk = tuple(c.name for c in sorted(keyed, key=lambda c: c.pk_index or 0))
+        else:
+            pk = tuple(sorted(c.name for c in columns))
+        return cls(tuple(columns), pk, bool(keyed))
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @cached_property
+    def converters(self) -> dict[str, Callable[[str], SQLValue]]:
+        return {c.name: c.converter() for c in self.columns}
+
+    def convert_row(self, value: Mapping[str, str | None]) -> dict[str, SQLValue]:
+        """Convert one message value (column → text | None); ProtocolError names a bad column or value."""
+        row: dict[str, SQLValue] = {}
+        converters = self.converters
+        for name, text in value.items():
+            convert = converters.get(name)
+            if convert is None:
+                raise ProtocolError(
+                    f"a change carries column {name!r}, which is not in electric-schema {list(self.names)}"
+                )
+            if text is None:
+                row[name] = None
+                continue
+            try:
+                row[name] = convert(text)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise ProtocolError(self._bad_value(name, text, exc)) from None
+        return row
+
+    def _bad_value(self, name: str, text: str, exc: Exception) -> str:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        column = next(c for c in self.columns if c.name == name)
+        kind = column.type + "[]" * column.dims
+        return (
+            f"column {name!r} ({kind}): cannot store {shown!r}: {exc}; if the source really sends "
+            "such values, override the column to 'text' to keep them as sent"
+        )
+
+    def signature(self) -> list[tuple[str, str, int]]:
+        """(name, declared type, 1-based PK position or 0) per column, as ``PRAGMA table_info`` reports."""
+        position = {name: i + 1 for i, name in enumerate(self.pk)} if self.keyed else {}
+        return [(c.name, c.declared_type, position.get(c.name, 0)) for c in self.columns]
+
+
+def fold_ident(name: str) -> str:
+    # SQLite folds identifier case for ASCII letters only.
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _column(name: Any, spec: Any, override: str | None) -> Column:
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ShapeError(f"electric-schema has an unusable column name {name!r}")
+    if not isinstance(spec, Mapping):
+        raise ShapeError(f"electric-schema column {name!r} must be an object with a type, got {spec!r}")
+    pg_type = spec.get("type")
+    if not isinstance(pg_type, str) or not pg_type:
+        raise ShapeError(f"electric-schema column {name!r} has no type")
+    dims = spec.get("dims", 0)
+    if not isinstance(dims, int) or isinstance(dims, bool) or dims < 0:
+        raise ShapeError(f"electric-schema column {name!r}: dims must be a non-negative integer, got {dims!r}")
+    pk_index = spec.get("pk_index")
+    if pk_index is not None and (not isinstance(pk_index, int) or isinstance(pk_index, bool) or pk_index < 0):
+        raise ShapeError(f"electric-schema column {name!r}: pk_index must be a non-negative integer")
+    if override is not None and override not in OVERRIDES:
+        raise ShapeError(f"override for column {name!r} must be one of {sorted(OVERRIDES)}, got {override!r}")
+    if override == "real" and dims:
+        raise ShapeError(f"override 'real' cannot apply to the array column {name!r}")
+    return Column(name, pg_type, dims, pk_index, spec.get("not_null") is True, override)
+
+
+def create_table_sql(local_name: str, schema: TableSchema | Mapping[str, Any]) -> str:
+    """``CREATE TABLE`` for a synced table: declared types, PRIMARY KEY in pk_index order.
+
+    Only primary-key columns are NOT NULL: Electric reports nullability live and it may change
+    without a new handle, so mirroring it would make later rows fail. A table without a primary
+    key gets no PRIMARY KEY: Postgres allows NULLs in its columns (SQLite's PRIMARY KEY would
+    treat NULLs as distinct and ``=`` never matches NULL), so the store identifies its rows by
+    ``IS`` over all columns, served by ``identity_index_sql``.
+    """
+    if not isinstance(schema, TableSchema):
+        schema = TableSchema.from_electric(schema)
+    check_table_name(local_name)
+    pk = set(schema.pk) if schema.keyed else set()
+    parts = [f"{quote_ident(c.name)} {c.declared_type}" + (" NOT NULL" if c.name in pk else "") for c in schema.columns]
+    if schema.keyed:
+        parts.append("PRIMARY KEY (" + ", ".join(quote_ident(n) for n in schema.pk) + ")")
+    return f"CREATE TABLE {quote_ident(local_name)} (" + ", ".join(parts) + ")"
+
+
+def identity_index_name(local_name: str) -> str:
+    return "_replica_identity_" + local_name
+
+
+def identity_index_sql(local_name: str, schema: TableSchema) -> str | None:
+    """The index that finds a PK-less table's rows by all columns; None for a keyed table."""
+    if schema.keyed:
+        return None
+    columns = ", ".join(quote_ident(n) for n in schema.pk)
+    return (
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(identity_index_name(local_name))} "
+        f"ON {quote_ident(local_name)} ({columns})"
+    )
+
+
+def check_table_name(local_name: str) -> None:
+    """ShapeError unless ``local_name`` can be a synced table (not empty, not reserved)."""
+    if not local_name or "\x00" in local_name:
+        raise ShapeError(f"unusable local table name {local_name!r}")
+    folded = fold_ident(local_name)
+    if folded.startswith(("_replica", "sqlite_")):
+        raise ShapeError(
+            f"local table name {local_name!r} is reserved (_replica… is replica's, sqlite_… is SQLite's); "
+            "choose another name for the shape"
+        )

@@ -1,0 +1,414 @@
+"""The Store: the only writer of the SQLite file, over one apsw connection in WAL mode.
+
+Each ``apply`` is one short ``BEGIN IMMEDIATE … COMMIT`` holding the rows and the checkpoint
+together (R1), so the write lock is never held across network waits and apps can write their own
+tables in the same file. Unfinished snapshots and bursts are staged on disk (``replica.staging``)
+and published in one transaction at up-to-date: readers on other connections only ever see
+up-to-date boundaries (R2), and memory does not grow with the shape (R10).
+
+apsw errors become ``StoreError`` (or ``ShapeError`` when a schema cannot become a table) here
+and nowhere else, chained with ``from`` and worded with the remedy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import apsw
+
+from replica import staging, tables, wire
+from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private
+from replica.errors import ProtocolError, ShapeError, StoreError
+from replica.protocol import Checkpoint, Commit, Shape
+from replica.schema import TableSchema, check_table_name, fold_ident, quote_ident
+
+__all__ = ["STATES", "STATE_SQL", "Applied", "ShapeStatus", "Store"]
+
+log = logging.getLogger("replica.store")
+
+STATES = frozenset({"connecting", "syncing", "live", "offline", "error", "stopped"})
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one ``Store.apply`` did to the local table ``name``.
+
+    ``inserted``/``updated``/``deleted`` count the change messages written to the table, and
+    ``keys`` maps each operation to their message keys — except for a refetch (``refetch`` True:
+    every row was replaced), where ``keys`` stays empty so memory does not grow with the shape.
+    ``published`` is False when the changes were only staged (``staged`` counts what waits on
+    disk) or the commit was a redelivery of an older position. ``rows`` is the table's row count
+    after the call. ``dropped`` names user indexes/triggers that no longer applied after a schema
+    change and were dropped.
+    """
+
+    name: str
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rows: int = 0
+    refetch: bool = False
+    published: bool = False
+    staged: int = 0
+    dropped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShapeStatus:
+    """One row of ``_replica_shapes``, for status displays. ``staged`` counts changes waiting on disk."""
+
+    name: str
+    definition: str | None
+    handle: str | None
+    offset: str | None
+    rows: int
+    last_synced_at: str | None
+    state: str
+    error: str | None
+    staged: int = 0
+
+
+class Store:
+    """The SQLite file replica writes. Thread-safe; one instance (and one process) per file.
+
+    ``overrides`` maps a local table name to per-column type overrides (see ``replica.schema``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        overrides: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._overrides = {name: dict(columns) for name, columns in (overrides or {}).items()}
+        self._mutex = threading.RLock()  # apply runs in a worker thread; status may come from another
+        self._claims: dict[str, Shape] = {}
+        self._conn: apsw.Connection | None = None
+        memory = self.path in ("", ":memory:")
+        self._writer_lock = None if memory else StoreLock.acquire(self.path)
+        try:
+            with self._translate("opening the database"):
+                if not memory:
+                    make_private(self.path)
+                conn = self._conn = apsw.Connection(
+                    self.path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+                )
+                conn.set_busy_timeout(int(busy_timeout * 1000))
+                mode = str(conn.pragma("journal_mode", "wal")).lower()
+                if mode not in ("wal", "memory"):
+                    raise StoreError(
+                        f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
+                        "use a local filesystem (WAL does not work over network filesystems)"
+                    )
+                conn.pragma("synchronous", "NORMAL")
+                with self._transaction():
+                    conn.execute(STATE_SQL)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- reading positions ---
+
+    def checkpoint(self, shape: Shape) -> Checkpoint | None:
+        """Where to resume ``shape``: the staging position, else the published one, else None.
+
+        None also when the stored position was made for another definition (R8): the next
+        commits then refetch, and the old rows stay visible until that publishes.
+        """
+        name = shape.local_name
+        definition = shape.definition()
+        with self._mutex, self._translate(f"reading the checkpoint of {name!r}"):
+            self._claim(shape)
+            conn = self._connection()
+            stage = staging.load(conn, name)
+            if stage is not None and stage.definition == definition:
+                if not stage.refetch and not tables.table_exists(conn, name):
+                    return None  # the rows it extends were dropped outside replica: resync from scratch
+                return Checkpoint(stage.handle, stage.offset, stage.cursor, stage.schema, up_to_date=False)
+            published = self._published(name)
+            if published is None or published.offset is None or published.definition != definition:
+                return None
+            if not tables.table_exists(conn, name):
+                return None
+            return Checkpoint(published.handle, published.offset, published.cursor, published.schema, up_to_date=True)
+
+    # --- writing ---
+
+    def apply(self, commit: Commit) -> Applied:
+        """Stage (``up_to_date`` False) or publish (True) one commit, in one transaction (R1).
+
+        Re-applying a commit is harmless (R3): inserts upsert, updates merge, deletes of missing
+        rows do nothing, and a commit older than the stored position of the same handle is skipped.
+        """
+        name = commit.shape.local_name
+        with self._mutex, self._translate(f"writing shape {name!r}"):
+            self._claim(commit.shape)
+            with self._transaction():
+                if commit.up_to_date:
+                    return self._publish(commit)
+                return self._stage(commit)
+
+    def _stage(self, commit: Commit) -> Applied:
+        conn = self._connection()
+        name, definition, checkpoint = commit.shape.local_name, commit.shape.definition(), commit.checkpoint
+        published = self._published(name)
+        rows = published.rows if published else 0
+        stage = self._current_stage(commit)
+        if staging.is_redelivery(commit, stage, published.position() if published else None):
+            return Applied(name, rows=rows, staged=stage.changes if stage else 0)
+        if stage is None:
+            continues = published is not None and published.continued_by(definition, checkpoint.handle)
+            refetch = commit.refetch or not continues
+            known = published.schema if published is not None and continues else None
+            stage = staging.Stage(definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, known, refetch)
+        schema = checkpoint.schema or stage.schema
+        if commit.changes and schema is not None:
+            # Convert once now (and again at publish), so a bad value is reported with its response.
+            table_schema = self._table_schema(name, schema)
+            for change in commit.changes:
+                table_schema.convert_row(change.value)
+        added = staging.append(conn, name, commit.changes)
+        stage = staging.Stage(
+            definition,
+            checkpoint.handle,
+            checkpoint.offset,
+            checkpoint.cursor,
+            schema,
+            stage.refetch,
+            stage.changes + added,
+        )
+        staging.save(conn, name, stage)
+        return Applied(name, rows=rows, staged=stage.changes)
+
+    def _publish(self, commit: Commit) -> Applied:
+        conn = self._connection()
+        name, definition, checkpoint = commit.shape.local_name, commit.shape.definition(), commit.checkpoint
+        published = self._published(name)
+        stage = self._current_stage(commit)
+        if staging.is_redelivery(commit, stage, published.position() if published else None):
+            return Applied(name, rows=published.rows if published else 0, staged=stage.changes if stage else 0)
+        continues = published is not None and published.continued_by(definition, checkpoint.handle)
+        refetch = commit.refetch or (stage.refetch if stage is not None else not continues)
+        raw_schema = (
+            checkpoint.schema
+            or (stage.schema if stage is not None else None)
+            or (published.schema if published is not None and continues else None)
+        )
+        if raw_schema is None:
+            raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot create its table")
+        table_schema = self._table_schema(name, raw_schema)
+        exists = tables.table_exists(conn, name)
+        if exists and (published is None or published.definition is None):
+            raise ShapeError(
+                f"table {name!r} already exists and was not created by replica; "
+                "give the shape another name, or drop the table"
+            )
+        if not exists and not refetch:
+            raise StoreError(f"table {name!r} disappeared (dropped outside replica?); it will be synced again")
+        try:
+            saved = tables.ensure_table(conn, name, table_schema, keep_rows=not refetch)
+        except apsw.SQLError as exc:
+            raise ShapeError(f"cannot create table {name!r} from electric-schema: {exc}") from exc
+        checks = tables.probes(name, table_schema)
+        dropped = [item for item, sql in saved if not self._recreate(sql, checks)]
+        for item in dropped:
+            log.warning("table %r changed: dropped index/trigger %r, which no longer applies", name, item)
+        if refetch:
+            conn.execute(f"DELETE FROM main.{quote_ident(name)}")  # keeps the user's indexes and triggers
+        tally = tables.Tally(keep_keys=not refetch)
+        writer = tables.TableWriter(conn, name, table_schema)
+        if stage is not None:
+            writer.apply(staging.read(conn, name), tally)
+        writer.apply(((c.operation, c.key, c.value) for c in commit.changes), tally)
+        writer.flush()
+        staging.clear(conn, name)
+        rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])
+        conn.execute(
+            'INSERT INTO "_replica_shapes" ("name", "definition", "handle", "offset", "cursor", "schema", '
+            '"rows", "last_synced_at") VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ("name") DO UPDATE SET '
+            '"definition" = excluded."definition", "handle" = excluded."handle", "offset" = excluded."offset", '
+            '"cursor" = excluded."cursor", "schema" = excluded."schema", "rows" = excluded."rows", '
+            '"last_synced_at" = excluded."last_synced_at"',
+            (
+                name,
+                definition,
+                checkpoint.handle,
+                checkpoint.offset,
+                checkpoint.cursor,
+                staging.dump_schema(raw_schema),
+                rows,
+                datetime.now(UTC).isoformat(timespec="milliseconds"),
+            ),
+        )
+        return Applied(
+            name,
+            inserted=tally.counts[wire.INSERT],
+            updated=tally.counts[wire.UPDATE],
+            deleted=tally.counts[wire.DELETE],
+            keys={op: tuple(keys) for op, keys in tally.keys.items()} if not refetch else {},
+            rows=rows,
+            refetch=refetch,
+            published=True,
+            dropped=tuple(dropped),
+        )
+
+    def _current_stage(self, commit: Commit) -> staging.Stage | None:
+        """The stage this commit continues; a stage it cannot continue is discarded first."""
+        conn = self._connection()
+        name = commit.shape.local_name
+        stage = staging.load(conn, name)
+        if stage is None:
+            return None
+        handle = commit.checkpoint.handle
+        foreign = stage.handle is not None and handle is not None and stage.handle != handle
+        if commit.refetch or stage.definition != commit.shape.definition() or foreign:
+            # A new snapshot (409, new definition, new handle) never mixes with the old one's rows.
+            staging.clear(conn, name)
+            return None
+        return stage
+
+    # --- status ---
+
+    def status(self, name: str | None = None) -> list[ShapeStatus]:
+        """Every shape's status (or just ``name``'s), from ``_replica_shapes``, sorted by name."""
+        query = (
+            'SELECT s."name", s."definition", s."handle", s."offset", s."rows", s."last_synced_at", '
+            's."state", s."error", coalesce(g."changes", 0) FROM "_replica_shapes" AS s '
+            'LEFT JOIN "_replica_stages" AS g ON g."name" = s."name"'
+        )
+        args: tuple[str, ...] = ()
+        if name is not None:
+            query += ' WHERE s."name" = ?'
+            args = (name,)
+        with self._mutex, self._translate("reading status"):
+            rows = self._connection().execute(query + ' ORDER BY s."name"', args).fetchall()
+        return [ShapeStatus(*row) for row in rows]
+
+    def set_state(self, name: str, state: str, error: str | None = None) -> None:
+        """Record a shape's state (and error, or clear it) in its own small transaction."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {sorted(STATES)}, got {state!r}")
+        with self._mutex, self._translate(f"recording the state of {name!r}"), self._transaction():
+            self._connection().execute(
+                'INSERT INTO "_replica_shapes" ("name", "state", "error") VALUES (?, ?, ?) '
+                'ON CONFLICT ("name") DO UPDATE SET "state" = excluded."state", "error" = excluded."error"',
+                (name, state, error),
+            )
+
+    def reset(self, name: str) -> bool:
+        """Forget where ``name`` stands, so it resyncs from -1; its rows stay until that publishes.
+
+        Returns False if the store knows nothing about ``name``.
+        """
+        with self._mutex, self._translate(f"resetting {name!r}"), self._transaction():
+            conn = self._connection()
+            staged = staging.load(conn, name) is not None
+            staging.clear(conn, name)
+            conn.execute(
+                'UPDATE "_replica_shapes" SET "handle" = NULL, "offset" = NULL, "cursor" = NULL WHERE "name" = ?',
+                (name,),
+            )
+            return staged or conn.changes() > 0
+
+    # --- lifecycle ---
+
+    @property
+    def connection(self) -> apsw.Connection:
+        """The apsw connection, for diagnostics and fault injection in tests. Do not write through it."""
+        return self._connection()
+
+    def close(self) -> None:
+        """Close the connection and release the single-writer lock. Safe to call twice."""
+        with self._mutex:
+            conn, self._conn = self._conn, None
+            try:
+                if conn is not None:
+                    with self._translate("closing the database"):
+                        conn.close()
+            finally:
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                    self._writer_lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- helpers ---
+
+    def _connection(self) -> apsw.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store for {self.path} is closed")
+        return self._conn
+
+    def _claim(self, shape: Shape) -> None:
+        check_table_name(shape.local_name)
+        other = self._claims.setdefault(fold_ident(shape.local_name), shape)  # SQLite names ignore ASCII case
+        if other.definition() != shape.definition():
+            raise ShapeError(
+                f"shapes {_describe(other)} and {_describe(shape)} both target the local table "
+                f"{shape.local_name!r}; give one of them another name"
+            )
+
+    def _recreate(self, sql: str, checks: list[str]) -> bool:
+        """Run a user's saved CREATE INDEX/TRIGGER; False (leaving nothing) if it no longer applies."""
+        conn = self._connection()
+        conn.execute("SAVEPOINT _replica_recreate")
+        try:
+            conn.execute(sql)
+            for check in checks:
+                conn.execute(check, can_cache=False).fetchall()  # EXPLAIN never rechecks a cached plan
+        except apsw.SQLError:
+            conn.execute("ROLLBACK TO _replica_recreate")
+            return False
+        finally:
+            conn.execute("RELEASE _replica_recreate")
+        return True
+
+    def _published(self, name: str) -> staging.Published | None:
+        return staging.load_published(self._connection(), name)
+
+    def _table_schema(self, name: str, raw: Mapping[str, Any]) -> TableSchema:
+        return TableSchema.from_electric(raw, self._overrides.get(name))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                with suppress(apsw.Error):  # the original error is the one worth reporting
+                    conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except apsw.Error as exc:
+            raise StoreError(describe_apsw_error(exc, self.path, action)) from exc
+
+
+def _describe(shape: Shape) -> str:
+    where = f" where {shape.where}" if shape.where else ""
+    return f"({shape.table}{where})"

@@ -1,0 +1,34 @@
+"""Test kit: FakeElectric, a protocol-faithful fake ElectricSQL server, shipped with replica.
+
+    from replica.testing import FakeElectric, Fault, serve, serve_in_thread, sample_fake
+
+    fake = FakeElectric()
+    fake.create_table("items", {"id": {"type": "int4", "pk_index": 0, "not_null": True},
+                                "title": {"type": "text"}})
+    fake.insert("items", {"id": "1", "title": "a"})
+    fake.respond("GET", "/v1/shape?table=items&offset=-1")            # pure, synchronous
+    httpx.AsyncClient(transport=httpx.MockTransport(fake.handler))     # in-process, holds long-polls
+    async with serve(fake) as server: server.url                        # real loopback sockets
+
+The behaviour follows shared/docs/electric-protocol.md (Electric 1.x); see ``FakeElectric``
+and ``Fault`` for the details. ``python -m replica.testing serve`` runs the sample dataset.
+"""
+
+from replica.testing.core import FakeElectric
+from replica.testing.database import Transaction
+from replica.testing.faults import Fault, FaultPlan
+from replica.testing.responses import FakeResponse
+from replica.testing.sample import sample_fake
+from replica.testing.server import Server, serve, serve_in_thread
+
+__all__ = [
+    "FakeElectric",
+    "FakeResponse",
+    "Fault",
+    "FaultPlan",
+    "Server",
+    "Transaction",
+    "sample_fake",
+    "serve",
+    "serve_in_thread",
+]

@@ -1,0 +1,142 @@
+"""FakeElectric on real loopback sockets: HTTP/1.1 over anyio streams with h11.
+
+Keep-alive, chunked 200 bodies (as Electric streams them, in 64 KiB pieces), any number of
+concurrent long-polls (one task per connection), byte-level faults, and shutdown by
+cancellation: leaving ``serve`` closes the listener and every connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import h11
+
+from replica.testing.core import FakeElectric
+from replica.testing.faults import Fault
+from replica.testing.responses import FakeResponse
+
+__all__ = ["Server", "serve", "serve_in_thread"]
+
+_PIECE = 64 * 1024
+_RECEIVE = 64 * 1024
+# Connections errors that just end a connection (the client went away).
+_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server: ``url`` is the shape endpoint, ``base_url`` the origin."""
+
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/v1/shape"
+
+
+@asynccontextmanager
+async def serve(fake: FakeElectric, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:
+    """Serve ``fake`` on ``host:port`` (0 = any free port) until the block exits."""
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    bound_host, bound_port = listener.extra(anyio.abc.SocketAttribute.local_address)[:2]
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, lambda stream: _connection(fake, stream))
+        try:
+            yield Server(str(bound_host), int(bound_port))
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@contextmanager
+def serve_in_thread(fake: FakeElectric, host: str = "127.0.0.1", port: int = 0) -> Iterator[Server]:
+    """``serve`` in a background thread with its own event loop, for sync code and subprocesses."""
+    with anyio.from_thread.start_blocking_portal() as portal:
+        with portal.wrap_async_context_manager(serve(fake, host=host, port=port)) as server:
+            yield server
+
+
+async def _connection(fake: FakeElectric, stream: anyio.abc.SocketStream) -> None:
+    conn = h11.Connection(h11.SERVER)
+    try:
+        while True:
+            request = await _read_request(conn, stream)
+            if request is None:
+                return
+            target = request.target.decode("ascii", "replace")
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+            method = request.method.decode("ascii", "replace")
+            response, fault = await fake.exchange(method, target, headers, on_wire=True)
+            if not await _write(conn, stream, response, fault):
+                return
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+    except (*_GONE, h11.ProtocolError):
+        return
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def _read_request(conn: h11.Connection, stream: anyio.abc.SocketStream) -> h11.Request | None:
+    """The next request with its (ignored) body read, or None when the client closed."""
+    request: h11.Request | None = None
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            try:
+                data = await stream.receive(_RECEIVE)
+            except anyio.EndOfStream:
+                data = b""
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+        # h11.Data: a request body, which the fake does not use
+
+
+async def _write(
+    conn: h11.Connection, stream: anyio.abc.SocketStream, response: FakeResponse, fault: Fault | None
+) -> bool:
+    """Send the response (applying byte-level faults); False when the connection must end."""
+    if fault is not None and fault.kind == "stall":
+        await anyio.sleep(fault.seconds)
+    cut = fault is not None and fault.kind in ("reset", "truncate") and len(response.body) > 0
+    headers = list(response.headers.items())
+    if (cut or response.status != 200) and response.status not in (204, 304):
+        # Announce the whole length so a cut body is detectably short.
+        headers.append(("content-length", str(len(response.body))))
+    await stream.send(conn.send(h11.Response(status_code=response.status, headers=headers)) or b"")
+    body = response.body[: len(response.body) // 2] if cut else response.body
+    for start in range(0, len(body), _PIECE):
+        await stream.send(conn.send(h11.Data(data=body[start : start + _PIECE])) or b"")
+    if cut:
+        assert fault is not None
+        await anyio.sleep(0.05)  # let the partial body reach the client before the connection dies
+        if fault.kind == "reset":
+            _reset(stream)
+        return False
+    await stream.send(conn.send(h11.EndOfMessage()) or b"")
+    return True
+
+
+def _reset(stream: anyio.abc.SocketStream) -> None:
+    # SO_LINGER with a zero timeout makes close() send an RST instead of a FIN.
+    sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -1,0 +1,270 @@
+"""Electric's wire vocabulary: header, parameter and control names, offsets, keys and body parsing.
+
+Every string that appears on the wire lives here, named after Electric's own terms, so the
+client (``replica.protocol``) and the fake server (``replica.testing``) cannot drift apart.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import total_ordering
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from replica.errors import ProtocolError
+
+# --- response headers (always lower-case here; HTTP header names are case-insensitive) ---
+H_HANDLE = "electric-handle"
+H_OFFSET = "electric-offset"
+H_SCHEMA = "electric-schema"
+H_CURSOR = "electric-cursor"
+H_UP_TO_DATE = "electric-up-to-date"
+H_HAS_DATA = "electric-has-data"
+H_SERVER = "electric-server"
+H_RETRY_AFTER = "retry-after"
+H_ETAG = "etag"
+H_CACHE_CONTROL = "cache-control"
+EXPOSED_HEADERS = (
+    "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,"
+    "electric-up-to-date,electric-internal-known-error,retry-after"
+)
+
+# --- query parameters ---
+P_TABLE = "table"
+P_OFFSET = "offset"
+P_HANDLE = "handle"
+P_LIVE = "live"
+P_LIVE_SSE = "live_sse"
+P_CURSOR = "cursor"
+P_WHERE = "where"
+P_PARAMS = "params"  # sent as params[1]=..., params[2]=...
+P_COLUMNS = "columns"
+P_REPLICA = "replica"
+P_LOG = "log"
+P_SECRET = "secret"
+P_API_SECRET = "api_secret"
+P_CACHE_BUSTER = "cache-buster"
+P_EXPIRED_HANDLE = "expired_handle"
+# Parameters the client manages itself; a user may not set them.
+PROTOCOL_PARAMS = frozenset(
+    {P_OFFSET, P_HANDLE, P_LIVE, P_LIVE_SSE, P_CURSOR, P_CACHE_BUSTER, P_EXPIRED_HANDLE, P_LOG}
+)
+SECRET_PARAMS = frozenset({P_SECRET, P_API_SECRET})
+
+# --- message vocabulary ---
+UP_TO_DATE = "up-to-date"
+MUST_REFETCH = "must-refetch"
+SNAPSHOT_END = "snapshot-end"
+INSERT, UPDATE, DELETE = "insert", "update", "delete"
+OPERATIONS = frozenset({INSERT, UPDATE, DELETE})
+REPLICA_DEFAULT, REPLICA_FULL = "default", "full"
+LOG_FULL, LOG_CHANGES_ONLY = "full", "changes_only"
+
+OFFSET_BEFORE_ALL = "-1"
+OFFSET_NOW = "now"
+
+
+# --- offsets ---
+
+_OFFSET_RE = re.compile(r"(\d+)_(\d+|inf)")
+
+
+@total_ordering
+@dataclass(frozen=True, eq=True)
+class Offset:
+    """A position in a shape log: ``-1``, or ``<tx>_<op>`` where op may be ``inf``.
+
+    Ordered numerically (never as strings: ``9_0 < 10_0``, ``10_inf > 10_99999``).
+    ``op`` is None for ``inf``. ``tx`` is -1 only for the before-everything offset.
+    """
+
+    tx: int
+    op: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> Offset:
+        """Parse an offset; ``now`` is a request-only keyword and is refused here."""
+        if text in ("-1", "-1_0"):
+            return BEFORE_ALL
+        match = _OFFSET_RE.fullmatch(text)
+        if match is None:
+            raise ValueError(f"invalid offset {text!r}: expected -1 or <int>_<int|inf>")
+        tx, op = match.groups()
+        return cls(int(tx), None if op == "inf" else int(op))
+
+    def _sort_key(self) -> tuple[int, float]:
+        return (self.tx, float("inf") if self.op is None else self.op)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Offset):
+            return NotImplemented
+        return self._sort_key() < other._sort_key()
+
+    def __str__(self) -> str:
+        if self.tx < 0:
+            return OFFSET_BEFORE_ALL
+        return f"{self.tx}_{'inf' if self.op is None else self.op}"
+
+
+BEFORE_ALL = Offset(-1, 0)
+
+
+def offset_key(text: str) -> tuple[int, float]:
+    """Sort key for an offset string (handy for ``max(..., key=offset_key)``)."""
+    return Offset.parse(text)._sort_key()
+
+
+# --- identifiers and keys ---
+
+_TABLE_PART = re.compile(r'"((?:[^"]|"")*)"|([^".]+)')
+
+
+def parse_table(text: str) -> tuple[str, str]:
+    """Split Electric's ``table`` parameter into (schema, name).
+
+    Unqualified names are in ``public``; unquoted identifiers fold to lower case as in Postgres;
+    ``"…"`` quotes keep case and may contain dots (``""`` escapes a quote).
+    """
+    parts: list[str] = []
+    pos = 0
+    while True:
+        match = _TABLE_PART.match(text, pos)
+        if match is None:
+            raise ValueError(f"invalid table name {text!r}")
+        quoted, bare = match.groups()
+        if quoted is not None:
+            parts.append(quoted.replace('""', '"'))
+        else:
+            if bare != bare.strip() or not bare:
+                raise ValueError(f"invalid table name {text!r}")
+            parts.append(bare.lower())
+        pos = match.end()
+        if pos == len(text):
+            break
+        if text[pos] != "." or len(parts) == 2:
+            raise ValueError(f"invalid table name {text!r}")
+        pos += 1
+    if len(parts) == 1:
+        return "public", parts[0]
+    return parts[0], parts[1]
+
+
+def quote_pg_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def relation_key_prefix(schema: str, table: str) -> str:
+    """``"schema"."table"`` with Electric's escaping (``/`` → ``//``, ``.`` → ``..``) inside names."""
+
+    def esc(name: str) -> str:
+        return name.replace("/", "//").replace(".", "..")
+
+    return f'"{esc(schema)}"."{esc(table)}"'
+
+
+def build_key(schema: str, table: str, pk_values: list[str | None]) -> str:
+    """A message ``key``: the relation, then each PK value quoted with ``/`` doubled; NULL is ``_``."""
+    parts = [relation_key_prefix(schema, table)]
+    for value in pk_values:
+        parts.append("_" if value is None else '"' + value.replace("/", "//") + '"')
+    return "/".join(parts)
+
+
+# --- bodies ---
+
+
+class Change(NamedTuple):
+    """One change message: ``operation`` is insert, update or delete; ``value`` maps column → text|None."""
+
+    operation: str
+    key: str
+    value: dict[str, str | None]
+    headers: dict[str, Any]
+
+
+class Control(NamedTuple):
+    """A control message such as up-to-date or snapshot-end."""
+
+    control: str
+    headers: dict[str, Any]
+
+
+Message = Change | Control
+
+
+def parse_body(body: bytes | str) -> list[Message]:
+    """Parse a shape-log body (a JSON array of messages) into Change and Control values.
+
+    Event messages (subquery move-in/out) and unknown control messages are kept out of the way:
+    events are dropped, unknown controls are returned for the caller to ignore.
+    Raises ProtocolError naming what is wrong; nothing is half-returned.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"response body is not valid JSON ({exc}); it may have been truncated") from exc
+    if not isinstance(data, list):
+        raise ProtocolError(f"response body must be a JSON array of messages, got {type(data).__name__}")
+    messages: list[Message] = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"message {index} is a {type(item).__name__}, not an object")
+        headers = item.get("headers")
+        if not isinstance(headers, dict):
+            raise ProtocolError(f"message {index} has no headers object")
+        if "key" in item:
+            messages.append(_parse_change(index, item, headers))
+        elif "control" in headers:
+            control = headers["control"]
+            if not isinstance(control, str):
+                raise ProtocolError(f"message {index}: control must be a string")
+            messages.append(Control(control, headers))
+        elif "event" in headers:
+            continue  # subquery move events: not supported, safely ignored
+        else:
+            raise ProtocolError(f"message {index} is neither a change (no key) nor a control message")
+    return messages
+
+
+def _parse_change(index: int, item: dict[str, Any], headers: dict[str, Any]) -> Change:
+    key = item["key"]
+    operation = headers.get("operation")
+    value = item.get("value")
+    if not isinstance(key, str):
+        raise ProtocolError(f"message {index}: key must be a string")
+    if operation not in OPERATIONS:
+        raise ProtocolError(f"message {index}: unknown operation {operation!r}")
+    if not isinstance(value, dict):
+        raise ProtocolError(f"message {index}: value must be an object of column → text")
+    for column, text in value.items():
+        if text is not None and not isinstance(text, str):
+            raise ProtocolError(
+                f"message {index}: column {column!r} is a {type(text).__name__}; "
+                "Electric sends every value as a string or null"
+            )
+    return Change(operation, key, value, headers)
+
+
+def encode_messages(messages: list[dict[str, Any]]) -> bytes:
+    """Compact JSON for a body (used by the fake server)."""
+    return json.dumps(messages, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- secrets never leave the process in text ---
+
+REDACTED = "[redacted]"
+
+
+def redact_url(url: str) -> str:
+    """The URL with the values of secret parameters replaced, safe for logs and errors."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [(k, REDACTED if k in SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    netloc = parts.netloc
+    if "@" in netloc:  # user:password@host
+        netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe=",[]\""), parts.fragment))

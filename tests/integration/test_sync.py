@@ -1,0 +1,288 @@
+"""Replica end to end against FakeElectric: in-process (MockTransport) and over loopback sockets."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import httpx
+import pytest
+from oracle import expected, local, pk_of
+
+from replica import Backoff, Replica, Shape, ShapeError
+from replica.testing import FakeElectric, Fault, serve_in_thread
+
+pytestmark = pytest.mark.anyio
+
+COLUMNS = {
+    "id": {"type": "int8", "pk_index": 0, "not_null": True},
+    "title": {"type": "text"},
+    "done": {"type": "bool"},
+    "price": {"type": "numeric"},
+    "tags": {"type": "text", "dims": 1},
+}
+PK = ("id",)
+
+
+def row(i: int, title: str | None = None) -> dict[str, str | None]:
+    return {"id": str(i), "title": title or f"item {i}", "done": "t" if i % 2 else "f", "price": f"{i}.50",
+            "tags": '{a,"b c",NULL}' if i % 3 else "{}"}
+
+
+def make_fake(n: int = 50, *, chunk_bytes: int = 2048, **kwargs: object) -> FakeElectric:
+    fake = FakeElectric(chunk_bytes=chunk_bytes, long_poll_timeout=0.3, **kwargs)
+    fake.create_table("items", COLUMNS, rows=[row(i) for i in range(1, n + 1)])
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def no_backoff() -> Iterator[None]:
+    with Backoff.testing():
+        yield
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "replica.db"
+
+
+def in_process(fake: FakeElectric, db: Path, shapes: object = None, **kwargs: object) -> Replica:
+    return Replica(db, "http://fake/v1/shape", shapes or Shape("items"),
+                   transport=httpx.MockTransport(fake.handler), **kwargs)  # type: ignore[arg-type]
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not check():
+            await anyio.sleep(0.01)
+
+
+def converged(fake: FakeElectric, db: Path, name: str = "items", **shape: object) -> bool:
+    return local(db, name, pk_of(fake, "items")) == expected(fake, "items", **shape)  # type: ignore[arg-type]
+
+
+def requests_with(fake: FakeElectric, **params: str) -> list[dict[str, list[str]]]:
+    found = []
+    for method, target, *_ in fake.requests:
+        query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+        if all(query.get(k) == [v] for k, v in params.items()):
+            found.append(query)
+    return found
+
+
+@pytest.mark.guarantee("R9")
+async def test_initial_multichunk_sync_then_live_changes(db: Path) -> None:
+    fake = make_fake(200)
+    seen = []
+    replica = in_process(fake, db, on_commit=seen.append)
+    async with replica:
+        with anyio.fail_after(10):
+            await replica.synced()
+        assert converged(fake, db)
+        assert len(requests_with(fake, live="true")) <= 1
+        assert len([q for q in requests_with(fake) if "live" not in q]) >= 4  # a multi-chunk snapshot
+        fake.insert("items", row(1000))
+        fake.update("items", {"id": "1", "title": "changed"})
+        fake.delete("items", {"id": "2"})
+        with fake.transaction() as tx:
+            tx.insert("items", row(1001))
+            tx.update("items", {"id": "3", "price": "0.01"})
+        await eventually(lambda: converged(fake, db))
+        (state,) = replica.status()
+        assert state.state == "live" and state.rows == 200 and state.handle and state.last_synced_at
+    assert seen[0].refetch and not seen[-1].refetch
+    assert sum(a.inserted for a in seen[1:]) >= 1 and any(a.deleted for a in seen)
+
+
+async def test_changes_iterator_reports_keys(db: Path) -> None:
+    fake = make_fake(5)
+    replica = in_process(fake, db)
+    async with replica:
+        await replica.synced()
+        received = []
+
+        async def consume() -> None:
+            async for applied in replica.changes():
+                received.append(applied)
+                if applied.deleted:
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.sleep(0.05)
+            fake.update("items", {"id": "1", "title": "x"})
+            fake.delete("items", {"id": "4"})
+    keys = [k for a in received for keys in (a.keys or {}).values() for k in keys] if isinstance(
+        received[0].keys, dict) else [k for a in received for group in a.keys for k in group]
+    assert any('"4"' in k for k in keys)
+
+
+@pytest.mark.guarantee("R3")
+async def test_second_run_resumes_from_stored_handle_and_offset(db: Path) -> None:
+    fake = make_fake(30)
+    await in_process(fake, db).run(once=True)
+    first = len(fake.requests)
+    fake.insert("items", row(500))
+    fake.delete("items", {"id": "5"})
+    await in_process(fake, db).run(once=True)
+    resumed = fake.requests[first:]
+    assert resumed, "the second run sent nothing"
+    query = parse_qs(urlsplit(resumed[0][1]).query)
+    assert query["offset"] != ["-1"] and "handle" in query
+    assert converged(fake, db)
+
+
+@pytest.mark.guarantee("R8")
+async def test_changed_definition_restarts_but_keeps_rows_until_the_new_snapshot(db: Path) -> None:
+    fake = make_fake(20)
+    await in_process(fake, db).run(once=True)
+    narrowed = Shape("items", where="id <= $1", params={"1": "5"})
+    await in_process(fake, db, narrowed).run(once=True)
+    assert converged(fake, db, where="id <= $1", params={"1": "5"})
+
+
+@pytest.mark.guarantee("R2")
+@pytest.mark.integration
+def test_readers_never_see_a_partial_snapshot_or_refetch(db: Path) -> None:
+    fake = make_fake(300, chunk_bytes=1500)
+    all_ids = sum(range(1, 301))
+    allowed = {(0, 0), (300, all_ids), (200, sum(range(101, 301)))}
+    observed: set[tuple[int, int]] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    observed.add(conn.execute("SELECT count(*), coalesce(sum(id), 0) FROM items").fetchone())
+            except sqlite3.OperationalError:  # no file or table yet
+                observed.add((0, 0))
+
+    with serve_in_thread(fake) as server:
+        replica = Replica(db, server.url, Shape("items"))
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            replica.start()
+            assert replica.wait_until_synced(10)
+            with fake.transaction() as tx:
+                for i in range(1, 101):
+                    tx.delete("items", {"id": str(i)})
+            fake.rotate("items")  # a 409, then a multi-chunk refetch of the 200 rows left
+            deadline = time.monotonic() + 10
+            while not (converged(fake, db) and len(requests_with(fake, offset="-1")) >= 2):
+                assert time.monotonic() < deadline, "no refetch happened"
+                time.sleep(0.02)
+        finally:
+            replica.stop()
+            stop.set()
+            thread.join()
+    assert observed <= allowed, f"a reader saw a partial state: {sorted(observed - allowed)}"
+
+
+FAULTS = [
+    Fault("status", status=503, retry_after=0, times=3),
+    Fault("status", status=500, times=2),
+    Fault("status", status=429, retry_after=0, times=2),
+    Fault("reset"),
+    Fault("truncate"),
+    Fault("malformed"),
+    Fault("drop_headers", headers=("electric-offset",)),
+    Fault("drop_headers", headers=("electric-schema", "electric-cursor")),
+    Fault("stall", seconds=2.0),
+    Fault("must_refetch", handle=True),
+    Fault("must_refetch", handle=False),
+    Fault("stale"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.guarantee("R5")
+@pytest.mark.parametrize("phase", ["initial", "snapshot", "catchup", "live"])
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f"{f.kind}-{getattr(f, 'status', '') or ''}")
+def test_every_fault_in_every_phase_recovers_and_converges(db: Path, fault: Fault, phase: str) -> None:
+    fake = make_fake(60, chunk_bytes=1500)
+    with serve_in_thread(fake) as server:
+        replica = Replica(db, server.url, Shape("items"), live_timeout=1.0, request_timeout=1.0)
+        if phase == "live":
+            replica.start()
+            assert replica.wait_until_synced(10)
+            fake.faults.add(_in_phase(fault, phase))
+            fake.insert("items", row(900))
+        else:
+            fake.faults.add(_in_phase(fault, phase))
+            if phase == "catchup":
+                anyio.run(replica.run, True)  # a first sync, so the next run catches up non-live
+                fake.insert("items", row(901))
+                fake.faults.clear()
+                fake.faults.add(_in_phase(fault, phase))
+            replica.start()
+        try:
+            deadline = time.monotonic() + 15
+            while not converged(fake, db) or replica.status()[0].state != "live":
+                assert time.monotonic() < deadline, f"did not converge: {replica.status()}"
+                time.sleep(0.02)
+        finally:
+            replica.stop()
+        if phase != "catchup":
+            assert not fake.faults.pending() or fault.kind == "stale", "the fault was never triggered"
+        per_second = len(fake.requests) / max(0.1, fake.requests[-1][2] - fake.requests[0][2])
+        assert len(fake.requests) < 200 or per_second < 100, "a hot loop"
+
+
+def _in_phase(fault: Fault, phase: str) -> Fault:
+    from dataclasses import replace
+
+    return replace(fault, phase=phase)
+
+
+@pytest.mark.guarantee("R7")
+async def test_a_refused_shape_stops_alone(db: Path) -> None:
+    fake = make_fake(10)
+    replica = in_process(fake, db, [Shape("items"), Shape("nope")])
+    with pytest.raises(ShapeError, match="does not exist"):
+        await replica.run(once=True)
+    states = {s.name: s for s in replica.status()}
+    assert states["nope"].state == "error" and "does not exist" in (states["nope"].error or "")
+    assert states["items"].error is None
+    assert converged(fake, db)
+
+
+async def test_secret_and_token_refresh(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake = make_fake(5, secret="right")
+    with pytest.raises(ShapeError, match="401"):
+        await in_process(fake, db, secret="CANARY-wrong").run(once=True)
+    assert "CANARY" not in caplog.text
+    token = {"value": "CANARY-expired"}
+
+    def refresh(status: int) -> dict[str, str]:
+        token["value"] = "right"
+        return {}
+
+    replica = in_process(fake, db, params={"secret": lambda: token["value"]}, on_unauthorized=refresh)
+    await replica.run(once=True)
+    assert converged(fake, db)
+    assert "CANARY" not in caplog.text
+
+
+@pytest.mark.guarantee("R6")
+@pytest.mark.integration
+def test_threaded_stop_returns_quickly_during_a_long_poll(db: Path) -> None:
+    fake = FakeElectric(long_poll_timeout=20.0)
+    fake.create_table("items", COLUMNS, rows=[row(1)])
+    with serve_in_thread(fake) as server:
+        replica = Replica(db, server.url, Shape("items"))
+        replica.start()
+        assert replica.wait_until_synced(10)
+        time.sleep(0.2)  # now inside a 20 s long-poll
+        started = time.monotonic()
+        replica.stop()
+        assert time.monotonic() - started < 1.0
+    assert replica.status()[0].state == "stopped"
