@@ -11,6 +11,7 @@ ElectricSQL's HTTP Shape API.
 __version__ = "0.1.0"
 
 from replica.backoff import Backoff
+from replica.dbfile import connect
 from replica.errors import (
     ConfigError,
     NetworkError,
@@ -44,4 +45,5 @@ __all__ = [
     "StoreError",
     "TransientError",
     "__version__",
+    "connect",
 ]

@@ -15,7 +15,7 @@ except ImportError:  # Windows: no advisory lock; SQLite's own locking still kee
 
 from replica.errors import StoreError
 
-__all__ = ["LOCK_SUFFIX", "STATE_SQL", "StoreLock", "describe_apsw_error", "make_private"]
+__all__ = ["LOCK_SUFFIX", "STATE_SQL", "StoreLock", "connect", "describe_apsw_error", "make_private", "wal_missing"]
 
 # Must equal schemas/state.sql byte for byte (tests/unit/test_store.py checks).
 STATE_SQL = """-- replica's own bookkeeping tables (design.md §8). Every name starts with _replica.
@@ -79,6 +79,30 @@ def make_private(path: str) -> None:
     except OSError as exc:
         raise StoreError(f"cannot create {path}: {exc.strerror}; check the directory exists and is writable") from exc
     os.close(fd)
+
+
+def connect(path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> apsw.Connection:
+    """A read-only connection for reading replica's database inside the process that syncs it.
+
+    apsw bundles its own copy of SQLite. Two copies of SQLite in one process (apsw's and the one
+    behind Python's ``sqlite3`` module) do not see each other's POSIX locks, so on a WAL database
+    they can delete the WAL or reset the shared-memory index under each other (SQLite's "How To
+    Corrupt An SQLite Database File" §2.2.1). Inside the syncing process, read through apsw with
+    this function; any other process may use any SQLite library.
+    """
+    conn = apsw.Connection(os.fspath(path), flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    conn.set_busy_timeout(int(busy_timeout * 1000))
+    return conn
+
+
+def wal_missing(path: str) -> bool:
+    """True when a WAL database's -wal file is gone while our writer has it open.
+
+    SQLite only deletes the WAL when the last connection closes, so this means another SQLite
+    library in this process closed a connection and took the WAL with it: our later commits
+    would land in an orphaned file that no reader sees.
+    """
+    return not os.path.exists(path + "-wal")
 
 
 class StoreLock:

@@ -24,7 +24,7 @@ from typing import Any, Self
 import apsw
 
 from replica import staging, tables, wire
-from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private
+from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
 from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol import Checkpoint, Commit, Shape
 from replica.schema import TableSchema, check_table_name, fold_ident, quote_ident
@@ -96,26 +96,29 @@ class Store:
         self._conn: apsw.Connection | None = None
         memory = self.path in ("", ":memory:")
         self._writer_lock = None if memory else StoreLock.acquire(self.path)
+        self._busy_timeout = busy_timeout
+        self._file_backed = not memory
         try:
             with self._translate("opening the database"):
                 if not memory:
                     make_private(self.path)
-                conn = self._conn = apsw.Connection(
-                    self.path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-                )
-                conn.set_busy_timeout(int(busy_timeout * 1000))
-                mode = str(conn.pragma("journal_mode", "wal")).lower()
-                if mode not in ("wal", "memory"):
-                    raise StoreError(
-                        f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
-                        "use a local filesystem (WAL does not work over network filesystems)"
-                    )
-                conn.pragma("synchronous", "NORMAL")
+                self._open()
                 with self._transaction():
-                    conn.execute(STATE_SQL)
+                    self._connection().execute(STATE_SQL)
         except BaseException:
             self.close()
             raise
+
+    def _open(self) -> None:
+        conn = self._conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+        conn.set_busy_timeout(int(self._busy_timeout * 1000))
+        mode = str(conn.pragma("journal_mode", "wal")).lower()
+        if mode not in ("wal", "memory"):
+            raise StoreError(
+                f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
+                "use a local filesystem (WAL does not work over network filesystems)"
+            )
+        conn.pragma("synchronous", "NORMAL")
 
     # --- reading positions ---
 
@@ -400,6 +403,16 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if self._file_backed and wal_missing(self.path):
+            # Our commits would go to an orphaned WAL. Start over on the real file, whose
+            # checkpoint matches its rows (R1); the syncer resumes from there.
+            conn.close()
+            self._open()
+            raise StoreError(
+                f"{self.path}: the WAL file vanished under replica's writer: another copy of SQLite in "
+                "this process (Python's sqlite3 module?) closed a connection to this database. Inside "
+                "the syncing process read with replica.connect(); the last commit is synced again"
+            )
 
     @contextmanager
     def _translate(self, action: str) -> Iterator[None]:

@@ -168,6 +168,7 @@ class Replica:
                     yield applied
         finally:
             self._streams.remove(send)
+            send.close()
 
     def add_listener(self, callback: Callable[[Applied], Any]) -> None:
         """Call ``callback(applied)`` after each visible commit (from the sync loop: keep it quick)."""

@@ -1,7 +1,10 @@
-"""An independent reader for tests: what SQLite holds vs what the fake says a shape must hold.
+"""A reader for tests: what SQLite holds vs what the fake says a shape must hold.
 
-Reads with sqlite-utils (not apsw, not replica's store), and converts the fake's Postgres text
-with the type map, so a mismatch in either direction shows up as a plain dict diff.
+Reads through its own read-only connection made by ``replica.connect`` (apsw: Python's sqlite3
+module must not open the file in the process that syncs it, see README), not through the
+store; converts the fake's Postgres text with the type map, so a mismatch in either direction
+shows up as a plain dict diff. Tests that want a reader of another make (sqlite-utils, stdlib
+sqlite3) run it in a subprocess: see ``test_sync.py``.
 """
 
 from __future__ import annotations
@@ -9,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
+from replica import connect
 from replica.schema import TableSchema
 from replica.testing import FakeElectric
 
@@ -30,13 +32,18 @@ def expected(fake: FakeElectric, table: str, *, where: str | None = None, params
 
 def local(db_path: str | Path, name: str, pk: tuple[str, ...] | list[str]) -> dict[tuple, dict[str, Any]]:
     """The rows of local table ``name``, read through a fresh connection."""
-    db = sqlite_utils.Database(str(db_path))
+    if not Path(db_path).exists():
+        return {}
+    conn = connect(db_path)
     try:
-        if name not in db.table_names():
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchall():
             return {}
-        return {tuple(row[c] for c in pk): row for row in db[name].rows}
+        quoted = '"' + name.replace('"', '""') + '"'
+        columns = [info[1] for info in conn.execute(f"PRAGMA table_info({quoted})")]
+        rows = [dict(zip(columns, values, strict=True)) for values in conn.execute(f"SELECT * FROM {quoted}")]
+        return {tuple(row[c] for c in pk): row for row in rows}
     finally:
-        db.close()
+        conn.close()
 
 
 def pk_of(fake: FakeElectric, table: str) -> tuple[str, ...]:

@@ -7,7 +7,11 @@ until the rows the official client materialised equal ``fake.rows(...)``.
 
 Any error the client reports (a rejected response, a missing header, a parse failure), any
 non-2xx response other than an expected 409, any network error and any client warning is a bug
-in the fake, and fails the test with the request log.
+in the fake, and fails the test with the request log. The fault scenarios at the end check the
+opposite direction: each injected ``Fault`` produces the symptom the official client shows for
+the real thing (retried, recovered through onError, or reported).
+
+Without ``node_peer/`` (scripts/npm-peer) the tests skip, except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
@@ -343,13 +347,7 @@ class Session:
         return normalise(rows, self.columns(s["table"]))
 
     def columns(self, table: str) -> Mapping[str, Mapping[str, Any]]:
-        schema = getattr(self.fake, "schema", None)
-        if callable(schema):
-            try:
-                return schema(table)
-            except Exception:  # pragma: no cover - fall back to what the test created
-                pass
-        return ITEMS
+        return self.fake.schema(table)
 
     def warnings(self, sid: str) -> list[str]:
         return [p["message"] for p in self.driver.problems_for(sid, self.since) if p["event"] == "warn"]
@@ -402,9 +400,11 @@ class Session:
         if self.driver.alive():
             for sid in self.subs:
                 self.driver.unsubscribe(sid)
-            # Let connections the client opened or aborted reach the server before it stops:
-            # a connection accepted while serve() shuts down can leak its socket (see report).
-            time.sleep(0.2)
+            # Aborting a stream makes Node open (and drop) a bare connection. If serve() is
+            # shutting down just then, asyncio's sock_accept can accept it into a cancelled
+            # future and never close it (CPython 3.11 selector_events._sock_accept), which
+            # surfaces as a ResourceWarning in a later test. Let it land before the server stops.
+            time.sleep(0.15)
 
 
 @pytest.fixture
@@ -646,3 +646,158 @@ def test_live_burst_larger_than_a_chunk(make_session: Callable[..., Session]) ->
         session.fake.insert("items", {"id": str(i), "title": f"single {i}", "done": "t", "prio": "2"})
     event = session.wait_synced(sid)
     assert len(event["rows"]) == 53
+
+
+def test_replica_full(make_session: Callable[..., Session]) -> None:
+    session = make_session()
+    sid = session.subscribe(replica="full")
+    session.wait_synced(sid)
+    fake = session.fake
+    fake.update("items", {"id": "1", "title": "full row"})
+    fake.delete("items", {"id": "2"})
+    change_pk(fake, "items", {"id": "3"}, {"id": "33"})
+    session.wait_synced(sid)
+
+
+def test_table_without_primary_key(make_session: Callable[..., Session]) -> None:
+    session = make_session()
+    fake = session.fake
+    columns = {"name": {"type": "text"}, "n": {"type": "int4"}, "flag": {"type": "bool"}}
+    fake.create_table("tags", columns, rows=[{"name": "a", "n": "1", "flag": "t"}, {"name": "b/c", "n": None, "flag": "f"}])
+    sid = session.subscribe("tags")
+    session.wait_synced(sid)
+    fake.insert("tags", {"name": "c", "n": "3", "flag": None})
+    fake.update("tags", {"name": "a", "n": "1", "flag": "t"}, new={"n": "10"})  # key changes: delete + insert
+    fake.delete("tags", {"name": "b/c", "n": None, "flag": "f"})
+    session.wait_synced(sid)
+
+
+def test_secret_and_shared_handle(make_session: Callable[..., Session]) -> None:
+    session = make_session(secret="s3cr3t")
+    one = session.subscribe()
+    two = session.subscribe()
+    a = session.wait_synced(one)
+    b = session.wait_synced(two)
+    assert a["handle"] == b["handle"], "equal shape definitions must share one handle"
+    session.fake.insert("items", {"id": "77", "title": "both", "done": "t", "prio": "7"})
+    session.wait_synced(one)
+    session.wait_synced(two)
+
+
+def test_schema_change_and_truncate_refetch(make_session: Callable[..., Session]) -> None:
+    session = make_session()
+    session.allowed_status.add(409)
+    sid = session.subscribe()
+    session.wait_synced(sid)
+    fake = session.fake
+    fake.add_column("items", "note", {"type": "text"}, default="n/a")
+    event = session.wait_synced(sid)
+    assert all("note" in row for row in event["rows"].values()), event["rows"]
+    fake.truncate("items")
+    fake.insert("items", {"id": "1", "title": "after truncate", "done": "f", "prio": "1", "note": None})
+    session.wait_synced(sid)
+    assert len(session.driver.controls_for(sid)) == 2
+
+
+def test_transient_faults_are_survivable(make_session: Callable[..., Session]) -> None:
+    """503 + Retry-After is retried by the client itself; a reset and a truncated body reach
+    onError, whose documented recovery (return {}: retry from the current offset) must converge.
+
+    (``malformed`` is left out on purpose: @electric-sql/client 1.5.26 adopts the response's
+    electric-offset before it parses the body, so an onError retry after a malformed body
+    silently skips that body's changes. That is a client bug; see the next test.)"""
+    from replica.testing import Fault
+
+    session = make_session()
+    session.allowed_status.update({503})
+    sid = session.subscribe(retry_on_error=True)
+    session.wait_synced(sid)
+    fake = session.fake
+    faults = [
+        Fault("status", status=503, retry_after=1, phase="live"),
+        Fault("reset", phase="live"),
+        Fault("truncate", phase="live"),
+    ]
+    for fault in faults:
+        fake.faults.add(fault)
+    for i in range(600, 606):
+        fake.insert("items", {"id": str(i), "title": f"through faults {i}", "done": "f", "prio": "1"})
+        time.sleep(0.1)
+    deadline = time.monotonic() + 20
+    while len(fake.faults) and time.monotonic() < deadline:
+        session.check_problems(sid)
+        time.sleep(0.1)
+    assert not len(fake.faults), f"faults never fired: {fake.faults.pending}"
+    fake.insert("items", {"id": "700", "title": "after faults", "done": "t", "prio": "2"})
+    session.wait_synced(sid, timeout=20)
+    retried = [r["name"] for r in session.driver.retries_for(sid)]
+    assert len(retried) == 2, f"expected the reset and the truncated body to reach onError once each: {retried}"
+
+
+def test_malformed_body_is_reported(make_session: Callable[..., Session]) -> None:
+    from replica.testing import Fault
+
+    session = make_session()
+    sid = session.subscribe()
+    session.wait_synced(sid)
+    session.fake.faults.add(Fault("malformed", phase="live"))
+    session.fake.insert("items", {"id": "960", "title": "x", "done": "t", "prio": "1"})
+    errors = wait_for_error(session, sid)
+    assert "JSON" in errors[0]["message"], errors
+
+
+def wait_for_error(session: Session, sid: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + SYNC_TIMEOUT
+    while time.monotonic() < deadline:
+        errors = [p for p in session.driver.problems_for(sid, session.since) if p["event"] == "error"]
+        if errors:
+            return errors
+        time.sleep(0.05)
+    raise AssertionError(f"the official client reported no error; requests:\n{describe_requests(session.driver.requests(sid))}")
+
+
+def test_stale_cached_response_after_rotation(make_session: Callable[..., Session]) -> None:
+    from replica.testing import Fault
+
+    session = make_session()
+    session.allowed_status.add(409)
+    session.allowed_warnings.append("stale cached response with expired shape handle")
+    sid = session.subscribe()
+    session.wait_synced(sid)
+    fake = session.fake
+    fake.faults.add(Fault("stale", phase="initial"))
+    fake.rotate("items")
+    fake.insert("items", {"id": "800", "title": "post-rotation", "done": "f", "prio": "1"})
+    session.wait_synced(sid)
+    assert fake.faults.fired and fake.faults.fired[0].kind == "stale", fake.faults.fired
+    assert any("stale cached response" in w for w in session.warnings(sid)), session.warnings(sid)
+
+
+def test_409_without_handle_header(make_session: Callable[..., Session]) -> None:
+    from replica.testing import Fault
+
+    session = make_session()
+    session.allowed_status.add(409)
+    session.allowed_warnings.append("409 response without a shape handle header")
+    sid = session.subscribe()
+    first = session.wait_synced(sid)
+    fake = session.fake
+    fake.faults.add(Fault("must_refetch", handle=False, phase="live"))
+    fake.insert("items", {"id": "900", "title": "x", "done": "t", "prio": "1"})
+    after = session.wait_synced(sid)
+    assert session.driver.controls_for(sid), "no must-refetch reached the client"
+    assert after["handle"] != first["handle"]
+
+
+def test_dropped_header_is_reported_by_the_official_client(make_session: Callable[..., Session]) -> None:
+    """The drop_headers fault must produce the real symptom: MissingHeadersError (not retryable)."""
+    from replica.testing import Fault
+
+    session = make_session()
+    sid = session.subscribe()
+    session.wait_synced(sid)
+    session.fake.faults.add(Fault("drop_headers", headers=("electric-cursor",), phase="live"))
+    session.fake.insert("items", {"id": "950", "title": "x", "done": "t", "prio": "1"})
+    errors = wait_for_error(session, sid)
+    # MissingHeadersError (its name property is plain "Error" in 1.5.26): lists the header.
+    assert "missing" in errors[0]["message"].lower() and "electric-cursor" in errors[0]["message"], errors

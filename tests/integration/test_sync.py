@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
-import sqlite3
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,7 +97,7 @@ async def test_initial_multichunk_sync_then_live_changes(db: Path) -> None:
             tx.update("items", {"id": "3", "price": "0.01"})
         await eventually(lambda: converged(fake, db))
         (state,) = replica.status()
-        assert state.state == "live" and state.rows == 200 and state.handle and state.last_synced_at
+        assert state.state == "live" and state.rows == 201 and state.handle and state.last_synced_at
     assert seen[0].refetch and not seen[-1].refetch
     assert sum(a.inserted for a in seen[1:]) >= 1 and any(a.deleted for a in seen)
 
@@ -118,9 +120,9 @@ async def test_changes_iterator_reports_keys(db: Path) -> None:
             await anyio.sleep(0.05)
             fake.update("items", {"id": "1", "title": "x"})
             fake.delete("items", {"id": "4"})
-    keys = [k for a in received for keys in (a.keys or {}).values() for k in keys] if isinstance(
-        received[0].keys, dict) else [k for a in received for group in a.keys for k in group]
-    assert any('"4"' in k for k in keys)
+    keys = {op: [k for a in received for k in a.keys.get(op, ())] for op in ("insert", "update", "delete")}
+    assert keys == {"insert": [], "update": ['"public"."items"/"1"'], "delete": ['"public"."items"/"4"']}
+    assert sum(a.updated for a in received) == 1 and received[-1].rows == 4
 
 
 @pytest.mark.guarantee("R3")
@@ -147,27 +149,31 @@ async def test_changed_definition_restarts_but_keeps_rows_until_the_new_snapshot
     assert converged(fake, db, where="id <= $1", params={"1": "5"})
 
 
+READER = """
+import json, sqlite3, sys, time
+db, stop = sys.argv[1], sys.argv[2]
+seen = set()
+import os
+while not os.path.exists(stop):
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            seen.add(tuple(conn.execute("SELECT count(*), coalesce(sum(id), 0) FROM items").fetchone()))
+    except sqlite3.OperationalError:  # no file or table yet
+        seen.add((0, 0))
+print(json.dumps(sorted(seen)))
+"""
+
+
 @pytest.mark.guarantee("R2")
 @pytest.mark.integration
-def test_readers_never_see_a_partial_snapshot_or_refetch(db: Path) -> None:
+def test_readers_never_see_a_partial_snapshot_or_refetch(db: Path, tmp_path: Path) -> None:
+    # The reader is another process with another SQLite (the stdlib's): the way apps read.
     fake = make_fake(300, chunk_bytes=1500)
-    all_ids = sum(range(1, 301))
-    allowed = {(0, 0), (300, all_ids), (200, sum(range(101, 301)))}
-    observed: set[tuple[int, int]] = set()
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                    observed.add(conn.execute("SELECT count(*), coalesce(sum(id), 0) FROM items").fetchone())
-            except sqlite3.OperationalError:  # no file or table yet
-                observed.add((0, 0))
-
+    allowed = {(0, 0), (300, sum(range(1, 301))), (200, sum(range(101, 301)))}
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(db), str(stop)], stdout=subprocess.PIPE, text=True)
     with serve_in_thread(fake) as server:
         replica = Replica(db, server.url, Shape("items"))
-        thread = threading.Thread(target=reader)
-        thread.start()
         try:
             replica.start()
             assert replica.wait_until_synced(10)
@@ -179,10 +185,13 @@ def test_readers_never_see_a_partial_snapshot_or_refetch(db: Path) -> None:
             while not (converged(fake, db) and len(requests_with(fake, offset="-1")) >= 2):
                 assert time.monotonic() < deadline, "no refetch happened"
                 time.sleep(0.02)
+            time.sleep(0.2)
         finally:
             replica.stop()
-            stop.set()
-            thread.join()
+            stop.touch()
+            out, _ = reader.communicate(timeout=10)
+    observed = {tuple(pair) for pair in json.loads(out)}
+    assert (300, sum(range(1, 301))) in observed and (200, sum(range(101, 301))) in observed
     assert observed <= allowed, f"a reader saw a partial state: {sorted(observed - allowed)}"
 
 
@@ -218,7 +227,7 @@ def test_every_fault_in_every_phase_recovers_and_converges(db: Path, fault: Faul
         else:
             fake.faults.add(_in_phase(fault, phase))
             if phase == "catchup":
-                anyio.run(replica.run, True)  # a first sync, so the next run catches up non-live
+                anyio.run(functools.partial(replica.run, once=True))  # then the next run catches up non-live
                 fake.insert("items", row(901))
                 fake.faults.clear()
                 fake.faults.add(_in_phase(fault, phase))
@@ -231,7 +240,7 @@ def test_every_fault_in_every_phase_recovers_and_converges(db: Path, fault: Faul
         finally:
             replica.stop()
         if phase != "catchup":
-            assert not fake.faults.pending() or fault.kind == "stale", "the fault was never triggered"
+            assert not fake.faults.pending or fault.kind == "stale", "the fault was never triggered"
         per_second = len(fake.requests) / max(0.1, fake.requests[-1][2] - fake.requests[0][2])
         assert len(fake.requests) < 200 or per_second < 100, "a hot loop"
 

@@ -54,7 +54,7 @@ class Convergence(RuleBasedStateMachine):
 
     @initialize(chunk=st.integers(150, 4000), rows=st.lists(ids, max_size=25, unique=True))
     def start(self, chunk: int, rows: list[int]) -> None:
-        self.fake = FakeElectric(chunk_bytes=chunk, long_poll_timeout=0.0)
+        self.fake = FakeElectric(chunk_bytes=chunk, long_poll_timeout=0.001)
         self.fake.create_table("items", COLUMNS, rows=[self._row(i, "seed") for i in rows])
         self.store = Store(self.db)
         self.log = ShapeLog(self.shape, self.store.checkpoint(self.shape))
