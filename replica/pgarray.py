@@ -1,6 +1,6 @@
 """The Postgres array literal grammar (``array_out`` text → nested lists of element strings).
 
-Pure and self-contained; ``replica.schema`` converts the elements. Electric sends arrays in
+Pure and self-contained; ``replica.values`` converts the elements. Electric sends arrays in
 Postgres text form (``{1,2}``, ``{{"a b",NULL},{"\\"q\\"",x}}``); this parser also takes what the TS
 client's parser does not: explicit bounds (``[0:1]={…}``) and a non-comma delimiter (``box``: ``;``).
 """

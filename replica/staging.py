@@ -1,5 +1,5 @@
-"""Positions and on-disk staging: where a shape stands, and the snapshot or burst that has not
-reached up-to-date yet (R2, R3, R10).
+"""Positions and on-disk staging: where a shape stands (its published position and status), and
+the snapshot or burst that has not reached up-to-date yet (R2, R3, R10).
 
 ``_replica_stages`` holds one row per local table being staged: the position to resume from and
 whether publishing replaces every row. ``_replica_staging`` holds the changes themselves, raw as
@@ -25,6 +25,7 @@ from replica.wire import Change
 
 __all__ = [
     "Published",
+    "ShapeStatus",
     "Stage",
     "append",
     "clear",
@@ -35,6 +36,7 @@ __all__ = [
     "load_schema",
     "read",
     "save",
+    "statuses",
 ]
 
 _READ_BATCH = 1000
@@ -74,6 +76,36 @@ class Published:
             and self.definition == definition
             and (self.handle is None or handle is None or self.handle == handle)
         )
+
+
+@dataclass(frozen=True)
+class ShapeStatus:
+    """One row of ``_replica_shapes``, for status displays. ``staged`` counts changes waiting on disk."""
+
+    name: str
+    definition: str | None
+    handle: str | None
+    offset: str | None
+    rows: int
+    last_synced_at: str | None
+    state: str
+    error: str | None
+    staged: int = 0
+
+
+def statuses(conn: apsw.Connection, name: str | None = None) -> list[ShapeStatus]:
+    """Every shape's status (or just ``name``'s), sorted by name."""
+    query = (
+        'SELECT s."name", s."definition", s."handle", s."offset", s."rows", s."last_synced_at", '
+        's."state", s."error", coalesce(g."changes", 0) FROM "_replica_shapes" AS s '
+        'LEFT JOIN "_replica_stages" AS g ON g."name" = s."name"'
+    )
+    args: tuple[str, ...] = ()
+    if name is not None:
+        query += ' WHERE s."name" = ?'
+        args = (name,)
+    rows = conn.execute(query + ' ORDER BY s."name"', args).fetchall()
+    return [ShapeStatus(*row) for row in rows]
 
 
 def load_published(conn: apsw.Connection, name: str) -> Published | None:

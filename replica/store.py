@@ -3,77 +3,35 @@
 Each ``apply`` is one short ``BEGIN IMMEDIATE … COMMIT`` holding the rows and the checkpoint
 together (R1), so the write lock is never held across network waits and apps can write their own
 tables in the same file. Unfinished snapshots and bursts are staged on disk (``replica.staging``)
-and published in one transaction at up-to-date: readers on other connections only ever see
-up-to-date boundaries (R2), and memory does not grow with the shape (R10).
+and published in one transaction at up-to-date (``replica.publish``): readers on other connections
+only ever see up-to-date boundaries (R2), and memory does not grow with the shape (R10).
 
-apsw errors become ``StoreError`` (or ``ShapeError`` when a schema cannot become a table) here
-and nowhere else, chained with ``from`` and worded with the remedy.
+apsw errors become ``StoreError`` here and nowhere else, chained with ``from`` and worded with the
+remedy; ``replica.publish``, which runs inside this boundary, only turns a schema SQLite refuses
+as a table into ``ShapeError``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Self
 
 import apsw
 
-from replica import staging, tables, wire
+from replica import staging, tables
 from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
-from replica.errors import ProtocolError, ShapeError, StoreError
+from replica.errors import ShapeError, StoreError
 from replica.protocol import Checkpoint, Commit, Shape
-from replica.schema import TableSchema, check_table_name, fold_ident, quote_ident
+from replica.publish import Applied, publish
+from replica.schema import TableSchema, check_table_name, fold_ident
+from replica.staging import ShapeStatus
 
 __all__ = ["STATES", "STATE_SQL", "Applied", "ShapeStatus", "Store"]
 
-log = logging.getLogger("replica.store")
-
 STATES = frozenset({"connecting", "syncing", "live", "offline", "error", "stopped"})
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What one ``Store.apply`` did to the local table ``name``.
-
-    ``inserted``/``updated``/``deleted`` count the change messages written to the table, and
-    ``keys`` maps each operation to their message keys — except for a refetch (``refetch`` True:
-    every row was replaced), where ``keys`` stays empty so memory does not grow with the shape.
-    ``published`` is False when the changes were only staged (``staged`` counts what waits on
-    disk) or the commit was a redelivery of an older position. ``rows`` is the table's row count
-    after the call. ``dropped`` names user indexes/triggers that no longer applied after a schema
-    change and were dropped.
-    """
-
-    name: str
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    rows: int = 0
-    refetch: bool = False
-    published: bool = False
-    staged: int = 0
-    dropped: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ShapeStatus:
-    """One row of ``_replica_shapes``, for status displays. ``staged`` counts changes waiting on disk."""
-
-    name: str
-    definition: str | None
-    handle: str | None
-    offset: str | None
-    rows: int
-    last_synced_at: str | None
-    state: str
-    error: str | None
-    staged: int = 0
 
 
 class Store:
@@ -194,76 +152,12 @@ class Store:
         return Applied(name, rows=rows, staged=stage.changes)
 
     def _publish(self, commit: Commit) -> Applied:
-        conn = self._connection()
-        name, definition, checkpoint = commit.shape.local_name, commit.shape.definition(), commit.checkpoint
+        name = commit.shape.local_name
         published = self._published(name)
         stage = self._current_stage(commit)
         if staging.is_redelivery(commit, stage, published.position() if published else None):
             return Applied(name, rows=published.rows if published else 0, staged=stage.changes if stage else 0)
-        continues = published is not None and published.continued_by(definition, checkpoint.handle)
-        refetch = commit.refetch or (stage.refetch if stage is not None else not continues)
-        raw_schema = (
-            checkpoint.schema
-            or (stage.schema if stage is not None else None)
-            or (published.schema if published is not None and continues else None)
-        )
-        if raw_schema is None:
-            raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot create its table")
-        table_schema = self._table_schema(name, raw_schema)
-        exists = tables.table_exists(conn, name)
-        if exists and (published is None or published.definition is None):
-            raise ShapeError(
-                f"table {name!r} already exists and was not created by replica; "
-                "give the shape another name, or drop the table"
-            )
-        if not exists and not refetch:
-            raise StoreError(f"table {name!r} disappeared (dropped outside replica?); it will be synced again")
-        try:
-            saved = tables.ensure_table(conn, name, table_schema, keep_rows=not refetch)
-        except apsw.SQLError as exc:
-            raise ShapeError(f"cannot create table {name!r} from electric-schema: {exc}") from exc
-        checks = tables.probes(name, table_schema)
-        dropped = [item for item, sql in saved if not self._recreate(sql, checks)]
-        for item in dropped:
-            log.warning("table %r changed: dropped index/trigger %r, which no longer applies", name, item)
-        if refetch:
-            conn.execute(f"DELETE FROM main.{quote_ident(name)}")  # keeps the user's indexes and triggers
-        tally = tables.Tally(keep_keys=not refetch)
-        writer = tables.TableWriter(conn, name, table_schema)
-        if stage is not None:
-            writer.apply(staging.read(conn, name), tally)
-        writer.apply(((c.operation, c.key, c.value) for c in commit.changes), tally)
-        writer.flush()
-        staging.clear(conn, name)
-        rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])
-        conn.execute(
-            'INSERT INTO "_replica_shapes" ("name", "definition", "handle", "offset", "cursor", "schema", '
-            '"rows", "last_synced_at") VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ("name") DO UPDATE SET '
-            '"definition" = excluded."definition", "handle" = excluded."handle", "offset" = excluded."offset", '
-            '"cursor" = excluded."cursor", "schema" = excluded."schema", "rows" = excluded."rows", '
-            '"last_synced_at" = excluded."last_synced_at"',
-            (
-                name,
-                definition,
-                checkpoint.handle,
-                checkpoint.offset,
-                checkpoint.cursor,
-                staging.dump_schema(raw_schema),
-                rows,
-                datetime.now(UTC).isoformat(timespec="milliseconds"),
-            ),
-        )
-        return Applied(
-            name,
-            inserted=tally.counts[wire.INSERT],
-            updated=tally.counts[wire.UPDATE],
-            deleted=tally.counts[wire.DELETE],
-            keys={op: tuple(keys) for op, keys in tally.keys.items()} if not refetch else {},
-            rows=rows,
-            refetch=refetch,
-            published=True,
-            dropped=tuple(dropped),
-        )
+        return publish(self._connection(), commit, published, stage, self._overrides.get(name))
 
     def _current_stage(self, commit: Commit) -> staging.Stage | None:
         """The stage this commit continues; a stage it cannot continue is discarded first."""
@@ -284,18 +178,8 @@ class Store:
 
     def status(self, name: str | None = None) -> list[ShapeStatus]:
         """Every shape's status (or just ``name``'s), from ``_replica_shapes``, sorted by name."""
-        query = (
-            'SELECT s."name", s."definition", s."handle", s."offset", s."rows", s."last_synced_at", '
-            's."state", s."error", coalesce(g."changes", 0) FROM "_replica_shapes" AS s '
-            'LEFT JOIN "_replica_stages" AS g ON g."name" = s."name"'
-        )
-        args: tuple[str, ...] = ()
-        if name is not None:
-            query += ' WHERE s."name" = ?'
-            args = (name,)
         with self._mutex, self._translate("reading status"):
-            rows = self._connection().execute(query + ' ORDER BY s."name"', args).fetchall()
-        return [ShapeStatus(*row) for row in rows]
+            return staging.statuses(self._connection(), name)
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
         """Record a shape's state (and error, or clear it) in its own small transaction."""
@@ -364,21 +248,6 @@ class Store:
                 f"shapes {_describe(other)} and {_describe(shape)} both target the local table "
                 f"{shape.local_name!r}; give one of them another name"
             )
-
-    def _recreate(self, sql: str, checks: list[str]) -> bool:
-        """Run a user's saved CREATE INDEX/TRIGGER; False (leaving nothing) if it no longer applies."""
-        conn = self._connection()
-        conn.execute("SAVEPOINT _replica_recreate")
-        try:
-            conn.execute(sql)
-            for check in checks:
-                conn.execute(check, can_cache=False).fetchall()  # EXPLAIN never rechecks a cached plan
-        except apsw.SQLError:
-            conn.execute("ROLLBACK TO _replica_recreate")
-            return False
-        finally:
-            conn.execute("RELEASE _replica_recreate")
-        return True
 
     def _published(self, name: str) -> staging.Published | None:
         return staging.load_published(self._connection(), name)

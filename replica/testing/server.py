@@ -3,6 +3,12 @@
 Keep-alive, chunked 200 bodies (as Electric streams them, in 64 KiB pieces), any number of
 concurrent long-polls (one task per connection), byte-level faults, and shutdown by
 cancellation: leaving ``serve`` closes the listener and every connection.
+
+Connections are accepted by our own loop (wait readable, then a non-blocking ``accept``), not by
+``SocketListener.serve``: on CPython 3.11 asyncio's ``sock_accept`` can accept a connection for a
+waiter that was just cancelled and then drop the socket (``InvalidStateError``), leaking it when a
+client connects while ``serve`` shuts down. Here nothing is accepted after cancellation, and every
+accepted socket is owned by a task that closes it.
 """
 
 from __future__ import annotations
@@ -52,8 +58,11 @@ async def serve(fake: FakeElectric, host: str = "127.0.0.1", port: int = 0) -> A
     """Serve ``fake`` on ``host:port`` (0 = any free port) until the block exits."""
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     bound_host, bound_port = listener.extra(anyio.abc.SocketAttribute.local_address)[:2]
+    # A MultiListener (a name resolving to several addresses) holds one listener per address.
+    parts = getattr(listener, "listeners", [listener])
     async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, lambda stream: _connection(fake, stream))
+        for part in parts:
+            tg.start_soon(_accept_loop, fake, part.extra(anyio.abc.SocketAttribute.raw_socket), tg)
         try:
             yield Server(str(bound_host), int(bound_port))
         finally:
@@ -66,6 +75,36 @@ def serve_in_thread(fake: FakeElectric, host: str = "127.0.0.1", port: int = 0) 
     with anyio.from_thread.start_blocking_portal() as portal:
         with portal.wrap_async_context_manager(serve(fake, host=host, port=port)) as server:
             yield server
+
+
+async def _accept_loop(fake: FakeElectric, listening: socket.socket, tg: anyio.abc.TaskGroup) -> None:
+    """Accept connections on the (non-blocking) ``listening`` socket, one handler task each."""
+    while True:
+        await anyio.wait_readable(listening)
+        try:
+            raw, _address = listening.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue  # spurious wake-up, or the client gave up before we accepted
+        # No await between accept and start_soon: cancellation cannot strand ``raw`` here.
+        try:
+            tg.start_soon(_handle, fake, raw)
+        except BaseException:
+            raw.close()
+            raise
+
+
+async def _handle(fake: FakeElectric, raw: socket.socket) -> None:
+    """Own ``raw``: wrap it as a stream and serve it; close it if it never becomes one."""
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with anyio.CancelScope(shield=True):  # ownership passes to the stream without a gap
+            stream = await anyio.abc.SocketStream.from_socket(raw)
+    except BaseException as exc:
+        raw.close()
+        if isinstance(exc, (*_GONE, ValueError)):  # ValueError: the client is already gone
+            return
+        raise
+    await _connection(fake, stream)
 
 
 async def _connection(fake: FakeElectric, stream: anyio.abc.SocketStream) -> None:
