@@ -3,6 +3,9 @@
     replica sync URL --table TABLE --db PATH [--name LOCAL] [--where SQL] [--param N=VALUE]...
                  [--columns a,b,...] [--replica default|full] [--header "Name: value"]...
                  [--secret S] [--once]
+    replica run -c FILE [--listen HOST:PORT] [--once] [--log-format text|json] [--verbose]
+    replica status (-c FILE | --db PATH) [--json]
+    replica reset NAME (-c FILE | --db PATH)
 
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT), 1 the server refused the shape or another
 fatal error, 2 a usage error (nothing was sent).
@@ -64,6 +67,41 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
     sync.set_defaults(func=_cmd_sync)
 
+    run = commands.add_parser(
+        "run",
+        help="sync every shape of a config file, with health, readiness and metrics endpoints",
+        description="Sync every shape of the TOML config FILE into its database and follow live changes "
+        "until SIGTERM/SIGINT. Serves /healthz, /readyz and /metrics on --listen (default from the config, "
+        "else 127.0.0.1:9470).",
+    )
+    run.add_argument("-c", "--config", required=True, type=Path, metavar="FILE", help="the TOML config file")
+    run.add_argument("--listen", metavar="HOST:PORT", help="where to serve /healthz, /readyz and /metrics")
+    run.add_argument("--once", action="store_true", help="exit 0 once every shape is up to date (no endpoint)")
+    run.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
+    run.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    run.set_defaults(func=_cmd_run)
+
+    status = commands.add_parser(
+        "status",
+        help="show each shape's state, rows, position and lag (read-only; works while syncing)",
+        description="Show each shape of a replica database: state, rows, handle, offset, last_synced_at, "
+        "lag and last error. Read-only: safe while `replica run` syncs the database.",
+    )
+    _add_target(status)
+    status.add_argument("--json", action="store_true", help="print a JSON list of objects instead of a table")
+    status.set_defaults(func=_cmd_status)
+
+    reset = commands.add_parser(
+        "reset",
+        help="forget one shape's position so that it resyncs from scratch",
+        description="Forget the stored position of shape NAME (its local table name) so that the next "
+        "`replica run` or `replica sync` resyncs it from scratch; its rows stay visible until the new "
+        "snapshot commits. Refuses while a replica process syncs the database: stop it first.",
+    )
+    reset.add_argument("name", metavar="NAME", help="the shape's local table name")
+    _add_target(reset)
+    reset.set_defaults(func=_cmd_reset)
+
     demo = commands.add_parser(
         "demo",
         help="sync a sample table from a built-in fake Electric and watch live changes arrive",
@@ -71,8 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
         "DB with `replica sync`, print rows, then make live changes and show them arrive.",
     )
     demo.add_argument("--db", type=Path, default=Path("demo.db"), help="database file (default: ./demo.db)")
+    demo.add_argument(
+        "--postgres",
+        action="store_true",
+        help="serve the table from a throwaway Postgres cluster (needs initdb/pg_ctl and the postgres extra) "
+        "through the Postgres dev server, and make the changes with SQL",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("-c", "--config", type=Path, metavar="FILE", help="the config file naming the database")
+    target.add_argument("--db", type=Path, metavar="PATH", help="the SQLite database file")
 
 
 def _version() -> str:
@@ -157,10 +207,69 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_FATAL if failed else EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from replica.config import load_config, parse_listen
+    from replica.daemon import run_daemon
+
+    config = load_config(args.config)
+    if args.log_format:
+        config = replace(config, log_format=args.log_format)
+    if args.verbose:
+        config = replace(config, log_level="debug")
+    listen = parse_listen(args.listen) if args.listen else None
+    return run_daemon(config, listen=listen, once=args.once)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from replica.config import load_config
+    from replica.status import daemon_view, read_status, render_table
+
+    live = None
+    if args.config is not None:
+        config = load_config(args.config)
+        db = config.database
+        live = daemon_view(*config.listen)  # a running daemon knows live state and true lag
+    else:
+        db = args.db
+    rows = read_status(db, live=live)
+    print(json.dumps(rows, indent=2) if args.json else render_table(rows))
+    return EXIT_OK
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from replica.config import load_config
+    from replica.status import reset_shape
+
+    db = load_config(args.config).database if args.config is not None else args.db
+    try:
+        rows = reset_shape(db, args.name)
+    except ConfigError:
+        raise
+    except ReplicaError as exc:
+        print(f"replica: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(f"replica: {args.name} will resync from scratch on the next run; its {rows} rows stay visible until then")
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from replica.demo import run_demo
 
-    return run_demo(args.db)
+    if not args.postgres:
+        return run_demo(args.db)
+    try:
+        from replica.testing.pgcluster import PgClusterError
+
+        return run_demo(args.db, postgres=True)
+    except ImportError as exc:  # psycopg: pip install -e '.[postgres]' (scripts/demo --postgres does)
+        print(f"replica: error: --postgres needs the postgres extra: {exc}", file=sys.stderr)
+    except PgClusterError as exc:
+        print(f"replica: error: could not start a throwaway Postgres: {exc}", file=sys.stderr)
+    return EXIT_FATAL
 
 
 async def _run_until_signal(replica: Replica, once: bool) -> None:

@@ -2,8 +2,9 @@
 
 Starts the built-in fake Electric on 127.0.0.1 with a sample table, runs ``replica sync`` into
 ``./demo.db``, prints rows, then makes live changes on the fake and shows them arrive while a
-second ``replica sync`` follows the live log. Reads the database with the stdlib sqlite3 module,
-as any other app would.
+second ``replica sync`` follows the live log. With ``--postgres`` the table lives in a throwaway
+Postgres cluster served by the Postgres dev server, and the changes are SQL statements. Reads
+the database with the stdlib sqlite3 module, as any other app would.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -22,16 +24,24 @@ from replica.testing import sample_fake, serve_in_thread
 __all__ = ["run_demo"]
 
 
-def run_demo(db_path: str | Path = "demo.db", *, out: TextIO = sys.stdout, timeout: float = 20.0) -> int:
+def run_demo(
+    db_path: str | Path = "demo.db", *, out: TextIO = sys.stdout, timeout: float = 20.0, postgres: bool = False
+) -> int:
+    """``postgres``: serve the sample table from a throwaway Postgres cluster (the Postgres dev
+    server, replica.testing.pgserver) and make the live changes with SQL, instead of the fake."""
     db = Path(db_path)
     for suffix in ("", "-wal", "-shm"):  # the fake is new each run, so start the copy afresh too
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    fake = sample_fake(rows=1000, long_poll_timeout=5.0)
     say = _printer(out)
-    with serve_in_thread(fake) as server:
-        say(f"fake Electric is serving table 'items' (1000 rows) at {server.url}")
-        sync = [sys.executable, "-m", "replica", "sync", server.url, "--table", "items", "--db", str(db)]
-        say(f"$ replica sync {server.url} --table items --db {db} --once")
+    if postgres:
+        from replica.testing.pgdemo import postgres_source  # needs psycopg: the postgres extra
+
+        source = postgres_source(say, _new_row())
+    else:
+        source = _fake_source(say)
+    with source as (url, where, changes):
+        sync = [sys.executable, "-m", "replica", "sync", url, "--table", "items", "--db", str(db)]
+        say(f"$ replica sync {url} --table items --db {db} --once")
         subprocess.run([*sync, "--once"], check=True, timeout=timeout)
         with _reader(db) as conn:
             count = conn.execute("SELECT count(*) FROM items").fetchone()[0]
@@ -39,19 +49,14 @@ def run_demo(db_path: str | Path = "demo.db", *, out: TextIO = sys.stdout, timeo
             for row in conn.execute("SELECT id, title, done, price FROM items ORDER BY id LIMIT 3"):
                 say(f"  {row}")
 
-        say(f"$ replica sync {server.url} --table items --db {db}   # follows the live log")
+        say(f"$ replica sync {url} --table items --db {db}   # follows the live log")
         follower = subprocess.Popen(sync)
         try:
             _wait(lambda: _exists(db, "SELECT 1 FROM _replica_shapes WHERE name = 'items'"), timeout)
             steps: list[tuple[str, Callable[[], object], str]] = [
-                ("insert item 1001", lambda: fake.insert("items", _new_row()), "SELECT 1 FROM items WHERE id = 1001"),
-                (
-                    "rename item 1",
-                    lambda: fake.update("items", {"id": "1", "title": "renamed live"}),
-                    "SELECT 1 FROM items WHERE id = 1 AND title = 'renamed live'",
-                ),
-                ("delete item 2", lambda: fake.delete("items", {"id": "2"}), "SELECT 1 WHERE NOT EXISTS "
-                 "(SELECT 1 FROM items WHERE id = 2)"),
+                ("insert item 1001", changes[0], "SELECT 1 FROM items WHERE id = 1001"),
+                ("rename item 1", changes[1], "SELECT 1 FROM items WHERE id = 1 AND title = 'renamed live'"),
+                ("delete item 2", changes[2], "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM items WHERE id = 2)"),
             ]
             for label, change, check in steps:
                 started = time.monotonic()
@@ -59,12 +64,28 @@ def run_demo(db_path: str | Path = "demo.db", *, out: TextIO = sys.stdout, timeo
                 if not _wait(lambda check=check: _exists(db, check), timeout):
                     say(f"change did not arrive within {timeout:g} s: {label}")
                     return 1
-                say(f"  {label} on the server → visible in {db} after {1000 * (time.monotonic() - started):.0f} ms")
+                say(f"  {label} {where} → visible in {db} after {1000 * (time.monotonic() - started):.0f} ms")
         finally:
             follower.send_signal(signal.SIGTERM)
             code = follower.wait(timeout)
         say(f"stopped the follower with SIGTERM (exit {code}); query {db} with any SQLite tool")
         return 0 if code == 0 else 1
+
+
+# The live changes: insert item 1001, rename item 1 to "renamed live", delete item 2.
+Changes = tuple[Callable[[], object], Callable[[], object], Callable[[], object]]
+
+
+@contextmanager
+def _fake_source(say: Callable[[str], None]) -> Iterator[tuple[str, str, Changes]]:
+    fake = sample_fake(rows=1000, long_poll_timeout=5.0)
+    with serve_in_thread(fake) as server:
+        say(f"fake Electric is serving table 'items' (1000 rows) at {server.url}")
+        yield server.url, "on the server", (
+            lambda: fake.insert("items", _new_row()),
+            lambda: fake.update("items", {"id": "1", "title": "renamed live"}),
+            lambda: fake.delete("items", {"id": "2"}),
+        )
 
 
 def _new_row() -> dict[str, str | None]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from replica import wire
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
+from replica.schema import TableSchema
 
 __all__ = ["Checkpoint", "Commit", "Request", "Response", "Shape", "ShapeLog"]
 
@@ -172,6 +173,7 @@ class ShapeLog:
         self._bust = False
         self._stale = 0
         self.expired_handle: str | None = None
+        self._key_prefix: tuple[str, str] | None = None
         self._base_params = shape.query_params()
         if checkpoint is None or checkpoint.offset == wire.OFFSET_BEFORE_ALL:
             self._restart(checkpoint.handle if checkpoint else None)
@@ -269,10 +271,36 @@ class ShapeLog:
                 if index != len(messages) - 1:
                     raise ProtocolError("up-to-date must be the last message of a response")
                 up_to_date = True
+        changes = tuple(m for m in messages if isinstance(m, wire.Change))
+        if changes:
+            self._check_keys(changes, self.schema if self.schema is not None else _peek_schema(response))
         self._accept_position(response, strict=True, up_to_date=up_to_date)
         self._stale = 0
-        changes = tuple(m for m in messages if isinstance(m, wire.Change))
         return self._after_data(changes, up_to_date=up_to_date)
+
+    def _check_keys(self, changes: tuple[wire.Change, ...], schema: Mapping[str, Any] | None) -> None:
+        """ProtocolError unless each change's key is the one Electric builds from its primary key.
+
+        The store finds rows by the primary-key values, so a key naming another row (or table)
+        means the server and replica disagree about which row a message changes. Only checked
+        for keyed tables; a change without its primary key is left for the store to refuse.
+        """
+        pk = _pk_columns(schema)
+        if not pk:
+            return
+        if self._key_prefix is None:
+            self._key_prefix = wire.parse_table(self.shape.table)
+        relation, table = self._key_prefix
+        for index, change in enumerate(changes):
+            values = [change.value.get(column) for column in pk]
+            if None in values:
+                continue
+            expected = wire.build_key(relation, table, values)  # type: ignore[arg-type]
+            if change.key != expected:
+                raise ProtocolError(
+                    f"message {index}: key {_clip(change.key)} does not match its primary key "
+                    f"{_clip(expected)}; the server and the shape disagree about which row it changes"
+                )
 
     def _accept_position(self, response: Response, *, strict: bool, up_to_date: bool) -> None:
         headers = response.headers
@@ -306,10 +334,11 @@ class ShapeLog:
         if raw_schema is not None and schema is None:
             try:
                 schema = json.loads(raw_schema)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ProtocolError(f"electric-schema header is not JSON: {exc}") from None
             if not isinstance(schema, dict):
                 raise ProtocolError("electric-schema header must be a JSON object of column → type")
+            TableSchema.from_electric(schema)  # ShapeError now, before anything is staged with it
         # All checks passed: move.
         if handle is not None:
             self.handle = handle
@@ -353,11 +382,39 @@ class ShapeLog:
         self._bust = True
 
 
+def _peek_schema(response: Response) -> Mapping[str, Any] | None:
+    """The response's electric-schema if it parses (``_accept_position`` reports it if not)."""
+    raw = response.headers.get(wire.H_SCHEMA)
+    if raw is None:
+        return None
+    try:
+        schema = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return schema if isinstance(schema, dict) else None
+
+
+def _pk_columns(schema: Mapping[str, Any] | None) -> list[str]:
+    """Primary-key column names in ``pk_index`` order; empty if none (or the schema is unusable)."""
+    if not isinstance(schema, Mapping):
+        return []
+    keyed = []
+    for name, spec in schema.items():
+        index = spec.get("pk_index") if isinstance(spec, Mapping) else None
+        if isinstance(index, int) and not isinstance(index, bool):
+            keyed.append((index, name))
+    return [name for _index, name in sorted(keyed)]
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
 def _is_out_of_bounds(body: bytes) -> bool:
     try:
         errors = json.loads(body).get("errors", {})
         return any("out of bounds" in str(m) for m in errors.get(wire.P_OFFSET, []))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):  # any body a proxy may send
         return False
 
 
@@ -382,7 +439,7 @@ def _refusal_message(status: int, body: bytes) -> str:
         errors = json.loads(body).get("errors")
         if isinstance(errors, dict):
             detail = "; ".join(f"{field}: {', '.join(map(str, msgs))}" for field, msgs in errors.items())
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):  # any body a proxy may send
         pass
     hints = {
         400: "the server refused the shape definition",

@@ -99,7 +99,18 @@ def publish(
     tally = tables.Tally(keep_keys=not refetch)
     writer = tables.TableWriter(conn, name, table_schema)
     if stage is not None:
-        writer.apply(staging.read(conn, name), tally)
+        typed = staging.typed_state(conn, name)
+        if typed is None:
+            writer.apply(staging.read(conn, name), tally)  # a raw stage: converted now
+        elif typed[0] != staging.layout(table_schema):
+            raise StoreError(
+                f"the rows staged for {name!r} were converted with other column types or overrides; "
+                "the snapshot is fetched again"
+            )
+        elif typed[1] and table_schema.keyed:
+            writer.copy_inserts(staging.typed_table(name), tally, keys=staging.read_keys(conn, name))
+        else:
+            writer.apply(staging.read_typed(conn, name, table_schema.names), tally, converted=True)
     writer.apply(((c.operation, c.key, c.value) for c in commit.changes), tally)
     writer.flush()
     staging.clear(conn, name)
@@ -119,14 +130,18 @@ def publish(
 
 
 def _record(conn: apsw.Connection, commit: Commit, raw_schema: Mapping[str, Any], rows: int) -> None:
-    """Write the published position (and row count, sync time) to ``_replica_shapes``."""
+    """Write the published position (and row count, sync time) to ``_replica_shapes``.
+
+    A publish proves the shape works, so it also marks it live and clears a stored error.
+    """
     checkpoint = commit.checkpoint
     conn.execute(
         'INSERT INTO "_replica_shapes" ("name", "definition", "handle", "offset", "cursor", "schema", '
-        '"rows", "last_synced_at") VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ("name") DO UPDATE SET '
+        '"rows", "last_synced_at", "state", "error") VALUES (?, ?, ?, ?, ?, ?, ?, ?, \'live\', NULL) '
+        'ON CONFLICT ("name") DO UPDATE SET '
         '"definition" = excluded."definition", "handle" = excluded."handle", "offset" = excluded."offset", '
         '"cursor" = excluded."cursor", "schema" = excluded."schema", "rows" = excluded."rows", '
-        '"last_synced_at" = excluded."last_synced_at"',
+        '"last_synced_at" = excluded."last_synced_at", "state" = \'live\', "error" = NULL',
         (
             commit.shape.local_name,
             commit.shape.definition(),

@@ -13,7 +13,7 @@ Used only by ``replica.store``, inside its transactions and its apsw-error bound
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import apsw
 
 from replica import wire
 from replica.protocol import Commit
+from replica.schema import TableSchema, quote_ident
 from replica.wire import Change
 
 __all__ = [
@@ -28,15 +29,21 @@ __all__ = [
     "ShapeStatus",
     "Stage",
     "append",
+    "append_typed",
     "clear",
+    "create_typed",
     "dump_schema",
     "is_redelivery",
     "load",
     "load_published",
     "load_schema",
     "read",
+    "read_keys",
+    "read_typed",
     "save",
     "statuses",
+    "typed_state",
+    "typed_table",
 ]
 
 _READ_BATCH = 1000
@@ -191,6 +198,121 @@ def read(conn: apsw.Connection, name: str) -> Iterator[tuple[str, str, dict[str,
 def clear(conn: apsw.Connection, name: str) -> None:
     conn.execute('DELETE FROM "_replica_staging" WHERE "name" = ?', (name,))
     conn.execute('DELETE FROM "_replica_stages" WHERE "name" = ?', (name,))
+    conn.execute(f"DROP TABLE IF EXISTS main.{typed_table(name)}")
+
+
+# --- typed staging: rows converted once, on arrival, into a per-table staging table ---
+#
+# ``_replica_rows_<name>`` holds the staged changes already converted by the type map, one
+# untyped column per schema column (no affinity: values stay exactly as bound), in log order by
+# ``seq``. Row 0 records the layout (schema + overrides) they were converted with, and whether
+# every staged change is a whole-row insert (then publishing is one INSERT … SELECT).
+# ``present`` is NULL for a whole row in schema order, else the indexes of the columns sent.
+
+_OPS = {wire.INSERT: 0, wire.UPDATE: 1, wire.DELETE: 2}
+OPERATION_NAMES = (wire.INSERT, wire.UPDATE, wire.DELETE)
+
+
+def typed_table(name: str) -> str:
+    return quote_ident("_replica_rows_" + name)
+
+
+def layout(schema: TableSchema) -> str:
+    return json.dumps([[c.name, c.type, c.dims, c.override] for c in schema.columns], separators=(",", ":"))
+
+
+def typed_state(conn: apsw.Connection, name: str) -> tuple[str, bool] | None:
+    """(layout, simple) of the typed staging table of ``name``, or None when it has none."""
+    exists = conn.execute(
+        "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?", ("_replica_rows_" + name,)
+    ).fetchone()
+    if exists is None:
+        return None
+    row = conn.execute(f'SELECT "key", "present" FROM main.{typed_table(name)} WHERE "seq" = 0').fetchone()
+    return (str(row[0]), row[1] == "simple") if row is not None else ("", False)
+
+
+def create_typed(conn: apsw.Connection, name: str, schema: TableSchema) -> None:
+    table = typed_table(name)
+    columns = "".join(f', "c{i}"' for i in range(len(schema.names)))
+    conn.execute(f"DROP TABLE IF EXISTS main.{table}")
+    conn.execute(
+        f'CREATE TABLE main.{table} ("seq" INTEGER PRIMARY KEY, "op" INTEGER NOT NULL, "key" TEXT, "present" TEXT'
+        f"{columns})"
+    )
+    conn.execute(f'INSERT INTO main.{table} ("seq", "op", "key", "present") VALUES (0, -1, ?, ?)',
+                 (layout(schema), "simple"))
+
+
+def append_typed(conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema) -> int:
+    """Convert ``changes`` (ProtocolError names a bad value) and stage them after those staged."""
+    names = schema.names
+    width = len(names)
+    index = {column: i for i, column in enumerate(names)}
+    params: list[tuple[Any, ...]] = []
+    simple = True
+    start = 0
+    while start < len(changes):
+        end = start
+        while end < len(changes) and changes[end].operation == wire.INSERT and len(changes[end].value) == width:
+            end += 1
+        if end > start:  # a run of whole-row inserts: converted column by column
+            run = changes[start:end]
+            rows = schema.convert_full_rows([c.value for c in run])
+            schema.check_keys(rows)
+            params.extend((0, c.key, None, *row) for c, row in zip(run, rows, strict=True))
+            start = end
+            continue
+        change = changes[start]
+        row = schema.convert_row(change.value)
+        present = None if len(row) == width else ",".join(str(index[c]) for c in row)
+        params.append((_OPS[change.operation], change.key, present, *(row.get(c) for c in names)))
+        simple = simple and change.operation == wire.INSERT and present is None
+        start += 1
+    if params:
+        table = typed_table(name)
+        marks = ", ".join("?" for _ in range(width + 3))
+        columns = "".join(f', "c{i}"' for i in range(width))
+        conn.executemany(f'INSERT INTO main.{table} ("op", "key", "present"{columns}) VALUES ({marks})', params)
+        if not simple:
+            conn.execute(f'UPDATE main.{table} SET "present" = NULL WHERE "seq" = 0')
+    return len(params)
+
+
+def read_keys(conn: apsw.Connection, name: str) -> Iterator[str]:
+    """The keys of the typed staged changes in log order, in batches."""
+    after = 0
+    while True:
+        batch = conn.execute(
+            f'SELECT "seq", "key" FROM main.{typed_table(name)} WHERE "seq" > ? ORDER BY "seq" LIMIT ?',
+            (after, _READ_BATCH * 10),
+        ).fetchall()
+        if not batch:
+            return
+        for _seq, key in batch:
+            yield key
+        after = batch[-1][0]
+
+
+def read_typed(
+    conn: apsw.Connection, name: str, names: tuple[str, ...]
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Typed staged (operation, key, converted value) in log order, in batches."""
+    table = typed_table(name)
+    after = 0
+    while True:
+        batch = conn.execute(
+            f'SELECT * FROM main.{table} WHERE "seq" > ? ORDER BY "seq" LIMIT ?', (after, _READ_BATCH)
+        ).fetchall()
+        if not batch:
+            return
+        for seq, op, key, present, *values in batch:
+            if present is None:
+                yield OPERATION_NAMES[op], key, dict(zip(names, values, strict=True))
+            else:
+                chosen = [int(i) for i in present.split(",")] if present else []
+                yield OPERATION_NAMES[op], key, {names[i]: values[i] for i in chosen}
+            after = seq
 
 
 def is_redelivery(

@@ -23,7 +23,7 @@ import apsw
 
 from replica import staging, tables
 from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
-from replica.errors import ShapeError, StoreError
+from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol import Checkpoint, Commit, Shape
 from replica.publish import Applied, publish
 from replica.schema import TableSchema, check_table_name, fold_ident
@@ -95,6 +95,10 @@ class Store:
             if stage is not None and stage.definition == definition:
                 if not stage.refetch and not tables.table_exists(conn, name):
                     return None  # the rows it extends were dropped outside replica: resync from scratch
+                typed = staging.typed_state(conn, name)
+                if typed is not None and stage.schema is not None:
+                    if typed[0] != staging.layout(self._table_schema(name, stage.schema)):
+                        return None  # staged with other type overrides: fetch the snapshot again
                 return Checkpoint(stage.handle, stage.offset, stage.cursor, stage.schema, up_to_date=False)
             published = self._published(name)
             if published is None or published.offset is None or published.definition != definition:
@@ -133,12 +137,21 @@ class Store:
             known = published.schema if published is not None and continues else None
             stage = staging.Stage(definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, known, refetch)
         schema = checkpoint.schema or stage.schema
-        if commit.changes and schema is not None:
-            # Convert once now (and again at publish), so a bad value is reported with its response.
-            table_schema = self._table_schema(name, schema)
-            for change in commit.changes:
+        table_schema = self._table_schema(name, schema) if schema is not None else None
+        typed = staging.typed_state(conn, name)
+        if typed is None and stage.changes == 0 and table_schema is not None:
+            # Stage rows converted, once, into a typed staging table: publishing is then a copy in SQL.
+            staging.create_typed(conn, name, table_schema)
+            typed = (staging.layout(table_schema), True)
+        if typed is not None and table_schema is not None:
+            self._check_layout(name, typed[0], table_schema)
+            added = staging.append_typed(conn, name, commit.changes, table_schema)
+        else:
+            # A stage begun without a schema (or by an older version) stays raw: converted at publish,
+            # and once now, so a bad value is reported with its response.
+            for change in commit.changes if table_schema is not None else ():
                 table_schema.convert_row(change.value)
-        added = staging.append(conn, name, commit.changes)
+            added = staging.append(conn, name, commit.changes)
         stage = staging.Stage(
             definition,
             checkpoint.handle,
@@ -252,6 +265,13 @@ class Store:
     def _published(self, name: str) -> staging.Published | None:
         return staging.load_published(self._connection(), name)
 
+    def _check_layout(self, name: str, layout: str, table_schema: TableSchema) -> None:
+        if layout != staging.layout(table_schema):
+            raise StoreError(
+                f"the rows staged for {name!r} were converted with other column types or overrides; "
+                "the snapshot is fetched again"
+            )
+
     def _table_schema(self, name: str, raw: Mapping[str, Any]) -> TableSchema:
         return TableSchema.from_electric(raw, self._overrides.get(name))
 
@@ -289,6 +309,12 @@ class Store:
             yield
         except apsw.Error as exc:
             raise StoreError(describe_apsw_error(exc, self.path, action)) from exc
+        except UnicodeEncodeError as exc:
+            # JSON may escape a lone surrogate ("\ud800"), which no SQLite text can hold.
+            raise ProtocolError(
+                f"{action} in {self.path} failed: the server sent a text that is not valid Unicode "
+                f"({exc.reason}: {exc.object[exc.start : exc.end]!r}); it cannot be stored"
+            ) from exc
 
 
 def _describe(shape: Shape) -> str:

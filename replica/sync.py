@@ -29,7 +29,7 @@ from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError, S
 from replica.protocol import Checkpoint, Shape, ShapeLog
 from replica.store import Applied, Store
 
-__all__ = ["Replica", "ShapeState"]
+__all__ = ["Replica", "ShapeState", "SyncEvent"]
 
 log = logging.getLogger("replica")
 
@@ -51,6 +51,28 @@ class ShapeState:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class SyncEvent:
+    """One observation from a follow loop, for metrics, progress and logs (``Replica(observer=…)``).
+
+    ``kind`` and the fields it sets:
+      ``response``  an HTTP answer arrived: ``status``, ``size`` (body bytes)
+      ``refetch``   the server made the shape start over (409 must-refetch, offset out of bounds)
+      ``commit``    ``Store.apply`` returned: ``applied`` (staged or published; counts per operation)
+      ``retry``     a failure will be retried: ``error``, ``delay`` (seconds)
+      ``state``     the shape's state changed: ``shape`` (the new ShapeState, with its error)
+    """
+
+    kind: str
+    name: str
+    status: int | None = None
+    size: int = 0
+    applied: Applied | None = None
+    error: str | None = None
+    delay: float | None = None
+    shape: ShapeState | None = None
+
+
 class Replica:
     """Keep SQLite tables in ``db_path`` equal to the shapes served at ``url`` (…/v1/shape).
 
@@ -61,6 +83,8 @@ class Replica:
     ``on_commit(applied)``: called after every commit that made rows visible.
     ``live_timeout``: the watchdog on long-polls (Electric holds them ~20 s); ``request_timeout``
     bounds every other request. ``verify``: TLS verification (True) or a CA bundle path.
+    ``overrides``: per local table, per-column type overrides (``{"items": {"price": "real"}}``).
+    ``observer(event)``: called with every ``SyncEvent`` from the sync loop (keep it quick).
     """
 
     def __init__(
@@ -79,6 +103,8 @@ class Replica:
         backoff: Backoff | None = None,
         live_timeout: float = http.DEFAULT_LIVE_TIMEOUT,
         request_timeout: float = http.DEFAULT_TIMEOUT,
+        overrides: Mapping[str, Mapping[str, str]] | None = None,
+        observer: Callable[[SyncEvent], None] | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.url = url
@@ -100,6 +126,8 @@ class Replica:
         self._backoff = backoff or Backoff()
         self._live_timeout = live_timeout
         self._request_timeout = request_timeout
+        self._overrides = overrides
+        self._observer = observer
         self._states = {name: ShapeState(name, "stopped") for name in names}
         self._synced = threading.Event()
         self._reached: set[str] = set()
@@ -119,7 +147,7 @@ class Replica:
         Shapes that fail fatally stop alone (their state says why); ``run`` returns when all
         shapes have stopped. With ``once``, raises the first fatal ShapeError, if any.
         """
-        self._store = await self._call_store(Store, self.db_path)
+        self._store = await self._call_store(lambda: Store(self.db_path, overrides=self._overrides))
         self._synced.clear()
         self._reached.clear()
         try:
@@ -237,10 +265,14 @@ class Replica:
                     params=await self._request_params(),
                     timeout=self._live_timeout if request.live else self._request_timeout,
                 )
+                self._observe("response", name, status=response.status, size=len(response.body))
                 commit = shape_log.receive(response)
+                if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
+                    self._observe("refetch", name)
                 attempt = 0
                 if commit is not None:
                     applied = await self._call_store(self._require_store().apply, commit)
+                    self._observe("commit", name, applied=applied)
                     if applied.published:
                         await self._notify(applied)
                         self._set(name, rows=applied.rows)
@@ -265,6 +297,7 @@ class Replica:
                 delay = self._backoff.delay(attempt, retry_after)
                 attempt += 1
                 log.warning("shape %s: %s (retry %d in %.1f s)", name, exc, attempt, delay)
+                self._observe("retry", name, error=str(exc), delay=delay)
                 self._set(name, state="offline", error=str(exc))
                 await anyio.sleep(delay)
                 if not isinstance(exc, TransientError):
@@ -299,7 +332,18 @@ class Replica:
             self._synced.set()
 
     def _set(self, name: str, **changes: Any) -> None:
-        self._states[name] = replace(self._states[name], **changes)
+        old = self._states[name]
+        self._states[name] = replace(old, **changes)
+        if self._states[name].state != old.state:
+            self._observe("state", name, shape=self._states[name])
+
+    def _observe(self, kind: str, name: str, **fields: Any) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(SyncEvent(kind, name, **fields))
+        except Exception:  # an observer's bug must not stop the sync
+            log.exception("sync observer failed")
 
     async def _notify(self, applied: Applied) -> None:
         for callback in list(self._listeners):

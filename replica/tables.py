@@ -34,6 +34,7 @@ from replica.schema import (
 __all__ = ["TableWriter", "Tally", "ensure_table", "probes", "table_exists"]
 
 _BATCH = 500  # statements per executemany: long enough to amortise, short enough to bound memory
+_BULK = 5000  # whole-row inserts converted and written per batch
 _CARRY = "_replica_carry"
 
 
@@ -143,13 +144,64 @@ class TableWriter:
         self._run_sql: str | None = None
         self._run: list[Sequence[SQLValue]] = []
 
-    def apply(self, changes: Iterable[tuple[str, str, Mapping[str, str | None]]], tally: Tally) -> None:
-        """Apply (operation, key, value) triples in order; call ``flush`` before reading the table."""
+    def apply(
+        self,
+        changes: Iterable[tuple[str, str, Mapping[str, Any]]],
+        tally: Tally,
+        *,
+        converted: bool = False,
+    ) -> None:
+        """Apply (operation, key, value) triples in order; call ``flush`` before reading the table.
+
+        ``converted``: the values are already SQLite values (typed staging), not Postgres text.
+        Runs of whole-row inserts into a keyed table take a bulk path (converted column-wise).
+        """
+        width = len(self._names)
+        bulk = self._schema.keyed and not converted
+        values: list[Mapping[str, Any]] = []
+        keys: list[str] = []
         for operation, key, value in changes:
+            if bulk and operation == wire.INSERT and len(value) == width:
+                values.append(value)
+                keys.append(key)
+                if len(values) >= _BULK:
+                    self._insert_rows(values, keys, tally)
+                    values, keys = [], []
+                continue
+            if values:
+                self._insert_rows(values, keys, tally)
+                values, keys = [], []
             tally.add(operation, key)
-            statement = self._statement(operation, self._schema.convert_row(value))
+            row = dict(value) if converted else self._schema.convert_row(value)
+            statement = self._statement(operation, row)
             if statement is not None:
                 self._queue(*statement)
+        if values:
+            self._insert_rows(values, keys, tally)
+
+    def _insert_rows(self, values: list[Mapping[str, Any]], keys: list[str], tally: Tally) -> None:
+        rows = self._schema.convert_full_rows(values)
+        self._schema.check_keys(rows)
+        for key in keys:
+            tally.add(wire.INSERT, key)
+        self.flush()
+        self._conn.executemany(self._cached("upsert", self._names, self._upsert_sql), rows)
+
+    def copy_inserts(self, source: str, tally: Tally, keys: Iterable[str]) -> None:
+        """Upsert every row of the typed staging table ``source`` (whole-row inserts) in one statement."""
+        self.flush()
+        columns = ", ".join(f'"c{i}"' for i in range(len(self._names)))
+        sql = self._upsert_sql(self._names)
+        head, tail = sql.split(" VALUES ", 1)
+        tail = tail.split(" ON CONFLICT ", 1)[1]
+        # WHERE also keeps SQLite from reading ON CONFLICT as a join constraint (upsert + SELECT).
+        self._conn.execute(f'{head} SELECT {columns} FROM main.{source} WHERE "seq" > 0 ORDER BY "seq" ON CONFLICT {tail}')
+        if tally.keep_keys:
+            for key in keys:
+                tally.add(wire.INSERT, key)
+        else:
+            count = self._conn.execute(f'SELECT count(*) FROM main.{source} WHERE "seq" > 0').fetchone()[0]
+            tally.counts[wire.INSERT] += int(count)
 
     def flush(self) -> None:
         if self._run:

@@ -56,6 +56,7 @@ _INT_RE = re.compile(r"[+-]?\d+")
 _FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
 _TSTZ_RE = re.compile(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.(\d{1,6}))?)([+-])(\d\d)(?::?(\d\d))?(?::?(\d\d))?")
+_TSTZ_UTC_BODY = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d{1,6})?")
 _TIMETZ_RE = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?)([+-]\d\d)(?::?(\d\d))?")
 
 
@@ -63,9 +64,15 @@ _TIMETZ_RE = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?)([+-]\d\d)(?::?(\d\d))?
 
 
 def _to_int(text: str) -> int:
-    if not _INT_RE.fullmatch(text):
-        raise ValueError("not an integer")
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    # Fast path: Postgres prints integers canonically, which is exactly what str() gives back.
+    if value is None or str(value) != text:
+        if not _INT_RE.fullmatch(text):
+            raise ValueError("not an integer")
+        value = int(text)
     if not INT8_MIN <= value <= INT8_MAX:
         raise ValueError("outside the 64-bit integer range")
     return value
@@ -83,13 +90,15 @@ def to_float(text: str) -> float | str:
     return float(text)
 
 
+_BOOLS = {"t": 1, "true": 1, "f": 0, "false": 0}
+
+
 def _to_bool(text: str) -> int:
     # Snapshot rows say true/false (col::text), replication rows and arrays say t/f.
-    if text in ("t", "true"):
-        return 1
-    if text in ("f", "false"):
-        return 0
-    raise ValueError("not a boolean (t/true/f/false)")
+    value = _BOOLS.get(text)
+    if value is None:
+        raise ValueError("not a boolean (t/true/f/false)")
+    return value
 
 
 def _to_bytes(text: str) -> bytes:
@@ -100,6 +109,8 @@ def _to_bytes(text: str) -> bytes:
 
 def _timestamptz(text: str) -> str:
     """``+00`` → ``+00:00``; other offsets shifted to UTC. BC, infinity and 5-digit years as sent."""
+    if text[-3:] == "+00" and _TSTZ_UTC_BODY.fullmatch(text, 0, len(text) - 3):
+        return text[:-3] + "+00:00"  # the common case: a server in UTC
     match = _TSTZ_RE.fullmatch(text)
     if match is None:
         return text

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+import pg
 from replica.testing import FakeElectric, Server, serve_in_thread
+from replica.testing.pgcluster import PgCluster
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True)
@@ -49,3 +51,24 @@ def server(fake: FakeElectric) -> Iterator[Server]:
     async tests and subprocesses alike)."""
     with serve_in_thread(fake) as running:
         yield running
+
+
+# --- Postgres (tests/pg.py): one throwaway cluster per session, one database per test ---
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A Postgres cluster (wal_level=logical) on a free 127.0.0.1 port, removed at the end.
+    Skips locally without Postgres binaries; fails in CI."""
+    bindir = pg.require_postgres()
+    cluster = PgCluster.start(bindir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: PgCluster) -> str:
+    """The DSN of a new, empty database in the session's cluster."""
+    return pg.new_database(pg_cluster)

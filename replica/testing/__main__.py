@@ -2,7 +2,8 @@
 
 Prints exactly one line, the shape URL (``http://HOST:PORT/v1/shape``), once the socket is
 listening, and exits 0 on SIGTERM or SIGINT. Made for test harnesses in other languages
-(e.g. the official TypeScript client) that need a server in a subprocess.
+(e.g. the official TypeScript client) that need a server in a subprocess. With
+``--postgres DSN`` it serves the tables of a real Postgres database instead (``pgserver.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import anyio
 
+from replica.testing.core import ShapeService
 from replica.testing.sample import sample_fake
 from replica.testing.server import serve
 
@@ -26,11 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "serve",
-        help="serve the sample dataset (table public.items) over HTTP",
+        help="serve the sample dataset (table public.items), or a Postgres database, over HTTP",
         description=(
             "Serve the sample dataset (public.items) until SIGTERM/SIGINT. Prints the shape URL "
-            "on stdout once the server accepts connections, then nothing else."
+            "on stdout once the server accepts connections, then nothing else. With --postgres, "
+            "serve the tables of that Postgres database instead (changes through logical decoding; "
+            "needs wal_level=logical). For development and tests only: not a production "
+            "replacement for Electric."
         ),
+    )
+    run.add_argument(
+        "--postgres",
+        metavar="DSN",
+        default=None,
+        help="serve this Postgres database's tables (e.g. 'host=127.0.0.1 dbname=app user=postgres'); "
+        "a development/test server, not a production replacement for Electric (--rows and --seed do not apply)",
     )
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
     run.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default: %(default)s)")
@@ -67,18 +80,32 @@ def _non_negative(text: str) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    fake = sample_fake(
-        rows=args.rows,
-        chunk_bytes=args.chunk_bytes,
-        long_poll_timeout=args.long_poll_timeout,
-        secret=args.secret,
-        seed=args.seed,
-    )
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with serve(fake, host=args.host, port=args.port) as server:
-            print(server.url, flush=True)
-            async for _ in signals:
-                return
+    with ExitStack() as stack:
+        source: ShapeService
+        if args.postgres is not None:
+            from replica.testing.pgserver import PostgresElectric  # needs psycopg: the postgres extra
+
+            source = stack.enter_context(
+                PostgresElectric(
+                    args.postgres,
+                    chunk_bytes=args.chunk_bytes,
+                    long_poll_timeout=args.long_poll_timeout,
+                    secret=args.secret,
+                )
+            )
+        else:
+            source = sample_fake(
+                rows=args.rows,
+                chunk_bytes=args.chunk_bytes,
+                long_poll_timeout=args.long_poll_timeout,
+                secret=args.secret,
+                seed=args.seed,
+            )
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with serve(source, host=args.host, port=args.port) as server:
+                print(server.url, flush=True)
+                async for _ in signals:
+                    return
 
 
 def main(argv: Sequence[str] | None = None) -> int:

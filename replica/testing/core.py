@@ -18,7 +18,7 @@ from replica.testing.database import Database, Transaction
 from replica.testing.faults import Fault, FaultPlan
 from replica.testing.responses import FakeResponse
 
-__all__ = ["FakeElectric"]
+__all__ = ["FakeElectric", "ShapeService"]
 
 
 class _Waiter:
@@ -41,35 +41,18 @@ class _Waiter:
             pass  # the loop has closed; nobody is waiting any more
 
 
-class FakeElectric:
-    """A protocol-faithful fake Electric server over in-memory tables.
+class ShapeService:
+    """Electric's ``/v1/shape`` API over a Database of shape logs: request handling and held
+    long-polls. ``FakeElectric`` feeds it from in-memory tables, ``PostgresElectric``
+    (``replica.testing.pgserver``) from a real Postgres; ``serve`` puts either on a socket."""
 
-    Mutate tables with ``insert``/``update``/``delete``/``transaction`` (each is one Postgres
-    transaction with a txid and a commit LSN), rotate shapes with ``rotate``/``truncate``/
-    ``add_column``/``drop_column``, and ask ``rows`` what a shape must contain. Serve it with
-    ``respond`` (pure), ``handler`` (for ``httpx.MockTransport``) or ``replica.testing.serve``.
-
-    ``start_lsn`` (an addition to the documented signature) sets the LSN before the first
-    commit, e.g. above 2**53 to test clients that parse LSNs as floats.
-    """
-
-    def __init__(
-        self,
-        *,
-        chunk_bytes: int = 10 * 1024 * 1024,
-        long_poll_timeout: float = 20.0,
-        secret: str | None = None,
-        seed: int = 0,
-        start_lsn: int = 24_000_000,
-    ) -> None:
-        if chunk_bytes < 1:
-            raise ValueError("chunk_bytes must be positive")
+    def __init__(self, db: Database, *, long_poll_timeout: float, secret: str | None, seed: int) -> None:
         if long_poll_timeout <= 0:
             raise ValueError("long_poll_timeout must be positive")
         self.faults = FaultPlan()
         #: Every request received: (method, path+query, time.monotonic()).
         self.requests: list[tuple[str, str, float]] = []
-        self._db = Database(chunk_bytes=chunk_bytes, seed=seed, start_lsn=start_lsn, clock=time.time)
+        self._db = db
         self._db.on_change = self._wake_waiters
         self._api = ShapeApi(self._db, self.faults, long_poll_timeout=long_poll_timeout, secret=secret, seed=seed)
         self._waiters: set[_Waiter] = set()
@@ -95,6 +78,110 @@ class FakeElectric:
     def lsn(self) -> int:
         """The LSN of the last commit (what up-to-date messages report as global_last_seen_lsn)."""
         return self._db.lsn
+
+    # --- serving ---
+
+    def respond(self, method: str, target: str, headers: Mapping[str, str] | None = None) -> FakeResponse:
+        """Answer one request synchronously (``target`` is path+query or a full URL).
+
+        Never waits: a live request with nothing new gets the long-poll-timeout answer at once.
+        The ``reset`` fault raises ConnectionResetError; ``stall`` answers normally.
+        """
+        ex = self._begin(method, target, headers)
+        response = ex.response
+        if response is None:
+            produced = self._api.produce(ex, may_wait=False)
+            assert isinstance(produced, FakeResponse)
+            response = produced
+        response = self._api.finish(ex, response)
+        fault = transport_fault(ex)
+        if fault is not None and fault.kind == "reset":
+            raise ConnectionResetError("FakeElectric fault: connection reset")
+        return response
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        """An ``httpx.MockTransport`` handler: holds live requests like the real server."""
+        target = request.url.raw_path.decode("ascii")
+        response, fault = await self.exchange(request.method, target, dict(request.headers))
+        if fault is not None and fault.kind == "stall":
+            await anyio.sleep(fault.seconds)
+        if fault is not None and fault.kind == "reset":
+            raise httpx.ReadError("connection reset by peer (FakeElectric fault)", request=request)
+        return httpx.Response(response.status, headers=response.headers, content=response.body, request=request)
+
+    async def exchange(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        on_wire: bool = False,
+    ) -> tuple[FakeResponse, Fault | None]:
+        """For server adapters: the response (after any long-poll wait) and the fault, if any,
+        that the adapter must apply itself (reset, stall; truncate too when ``on_wire``)."""
+        ex = self._begin(method, target, headers)
+        response = ex.response if ex.response is not None else await self._produce_waiting(ex)
+        return self._api.finish(ex, response, on_wire=on_wire), transport_fault(ex)
+
+    def _begin(self, method: str, target: str, headers: Mapping[str, str] | None) -> Exchange:
+        if target.startswith(("http://", "https://")):
+            parts = urlsplit(target)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.requests.append((method.upper(), target, time.monotonic()))
+        return self._api.begin(method, target, dict(headers or {}))
+
+    async def _produce_waiting(self, ex: Exchange) -> FakeResponse:
+        while True:
+            waiter = _Waiter()
+            with self._waiters_lock:
+                self._waiters.add(waiter)  # before reading, so no commit can slip by unseen
+            try:
+                produced = self._api.produce(ex, may_wait=True)
+                if isinstance(produced, FakeResponse):
+                    return produced
+                remaining = ex.started + produced - time.monotonic()
+                if remaining <= 0:
+                    final = self._api.produce(ex, may_wait=False)
+                    assert isinstance(final, FakeResponse)
+                    return final
+                with anyio.move_on_after(remaining):
+                    await waiter.event.wait()
+            finally:
+                with self._waiters_lock:
+                    self._waiters.discard(waiter)
+
+    def _wake_waiters(self) -> None:
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            waiter.wake()
+
+
+class FakeElectric(ShapeService):
+    """A protocol-faithful fake Electric server over in-memory tables.
+
+    Mutate tables with ``insert``/``update``/``delete``/``transaction`` (each is one Postgres
+    transaction with a txid and a commit LSN), rotate shapes with ``rotate``/``truncate``/
+    ``add_column``/``drop_column``, and ask ``rows`` what a shape must contain. Serve it with
+    ``respond`` (pure), ``handler`` (for ``httpx.MockTransport``) or ``replica.testing.serve``.
+
+    ``start_lsn`` (an addition to the documented signature) sets the LSN before the first
+    commit, e.g. above 2**53 to test clients that parse LSNs as floats.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunk_bytes: int = 10 * 1024 * 1024,
+        long_poll_timeout: float = 20.0,
+        secret: str | None = None,
+        seed: int = 0,
+        start_lsn: int = 24_000_000,
+    ) -> None:
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be positive")
+        db = Database(chunk_bytes=chunk_bytes, seed=seed, start_lsn=start_lsn, clock=time.time)
+        super().__init__(db, long_poll_timeout=long_poll_timeout, secret=secret, seed=seed)
 
     # --- tables ---
 
@@ -183,80 +270,3 @@ class FakeElectric:
         """The electric-schema object of ``table`` (all columns)."""
         with self._db.lock:
             return self._db.table(table).electric_schema()
-
-    # --- serving ---
-
-    def respond(self, method: str, target: str, headers: Mapping[str, str] | None = None) -> FakeResponse:
-        """Answer one request synchronously (``target`` is path+query or a full URL).
-
-        Never waits: a live request with nothing new gets the long-poll-timeout answer at once.
-        The ``reset`` fault raises ConnectionResetError; ``stall`` answers normally.
-        """
-        ex = self._begin(method, target, headers)
-        response = ex.response
-        if response is None:
-            produced = self._api.produce(ex, may_wait=False)
-            assert isinstance(produced, FakeResponse)
-            response = produced
-        response = self._api.finish(ex, response)
-        fault = transport_fault(ex)
-        if fault is not None and fault.kind == "reset":
-            raise ConnectionResetError("FakeElectric fault: connection reset")
-        return response
-
-    async def handler(self, request: httpx.Request) -> httpx.Response:
-        """An ``httpx.MockTransport`` handler: holds live requests like the real server."""
-        target = request.url.raw_path.decode("ascii")
-        response, fault = await self.exchange(request.method, target, dict(request.headers))
-        if fault is not None and fault.kind == "stall":
-            await anyio.sleep(fault.seconds)
-        if fault is not None and fault.kind == "reset":
-            raise httpx.ReadError("connection reset by peer (FakeElectric fault)", request=request)
-        return httpx.Response(response.status, headers=response.headers, content=response.body, request=request)
-
-    async def exchange(
-        self,
-        method: str,
-        target: str,
-        headers: Mapping[str, str] | None = None,
-        *,
-        on_wire: bool = False,
-    ) -> tuple[FakeResponse, Fault | None]:
-        """For server adapters: the response (after any long-poll wait) and the fault, if any,
-        that the adapter must apply itself (reset, stall; truncate too when ``on_wire``)."""
-        ex = self._begin(method, target, headers)
-        response = ex.response if ex.response is not None else await self._produce_waiting(ex)
-        return self._api.finish(ex, response, on_wire=on_wire), transport_fault(ex)
-
-    def _begin(self, method: str, target: str, headers: Mapping[str, str] | None) -> Exchange:
-        if target.startswith(("http://", "https://")):
-            parts = urlsplit(target)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.requests.append((method.upper(), target, time.monotonic()))
-        return self._api.begin(method, target, dict(headers or {}))
-
-    async def _produce_waiting(self, ex: Exchange) -> FakeResponse:
-        while True:
-            waiter = _Waiter()
-            with self._waiters_lock:
-                self._waiters.add(waiter)  # before reading, so no commit can slip by unseen
-            try:
-                produced = self._api.produce(ex, may_wait=True)
-                if isinstance(produced, FakeResponse):
-                    return produced
-                remaining = ex.started + produced - time.monotonic()
-                if remaining <= 0:
-                    final = self._api.produce(ex, may_wait=False)
-                    assert isinstance(final, FakeResponse)
-                    return final
-                with anyio.move_on_after(remaining):
-                    await waiter.event.wait()
-            finally:
-                with self._waiters_lock:
-                    self._waiters.discard(waiter)
-
-    def _wake_waiters(self) -> None:
-        with self._waiters_lock:
-            waiters = list(self._waiters)
-        for waiter in waiters:
-            waiter.wake()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,9 +18,33 @@ from replica import wire
 from replica.testing.shapes import ShapeDef, ShapeLog, change_messages, parse_columns
 from replica.testing.tables import Row, Table
 
-__all__ = ["Database", "Transaction"]
+__all__ = ["Change", "Database", "Transaction", "append_transaction"]
 
 Change = tuple[Table, Row | None, Row | None]
+
+
+def append_transaction(
+    logs: Iterable[ShapeLog], changes: Sequence[Change], txid: int, lsn: int, indexes: Sequence[int] | None = None
+) -> None:
+    """Append one committed transaction to every log of the tables it changed: ops at ``lsn_2i``
+    (``lsn_2i+1`` for the insert half of a key change), ``last`` on each log's final op.
+    ``indexes``: each change's index in its transaction, when only some changes are passed on."""
+    pending: dict[int, tuple[ShapeLog, list[tuple[int, dict[str, Any]]]]] = {}
+    logs = list(logs)
+    for index, (table, old, new) in zip(indexes or range(len(changes)), changes, strict=True):
+        for log in logs:
+            if log.relation != [table.schema, table.name]:
+                continue
+            messages = change_messages(log, table, old, new)
+            out = pending.setdefault(id(log), (log, []))[1]
+            out.extend((2 * index + k, message) for k, message in enumerate(messages))
+    for log, messages in pending.values():
+        for n, (position, message) in enumerate(messages):
+            headers = message["headers"]
+            headers.update(txids=[txid], lsn=str(lsn), op_position=position)
+            if n == len(messages) - 1:
+                headers["last"] = True
+            log.append(wire.Offset(lsn, position), message)
 
 
 class Transaction:
@@ -155,21 +179,7 @@ class Database:
             return self.lsn  # Postgres logs nothing for a transaction that changed nothing
         self.txid += 1
         self.lsn += self._rng.randint(64, 4096)
-        pending: dict[int, tuple[ShapeLog, list[tuple[int, dict[str, Any]]]]] = {}
-        for index, (table, old, new) in enumerate(changes):
-            for log in self.shapes.values():
-                if log.relation != [table.schema, table.name]:
-                    continue
-                messages = change_messages(log, table, old, new)
-                out = pending.setdefault(id(log), (log, []))[1]
-                out.extend((2 * index + k, message) for k, message in enumerate(messages))
-        for log, messages in pending.values():
-            for n, (position, message) in enumerate(messages):
-                headers = message["headers"]
-                headers.update(txids=[self.txid], lsn=str(self.lsn), op_position=position)
-                if n == len(messages) - 1:
-                    headers["last"] = True
-                log.append(wire.Offset(self.lsn, position), message)
+        append_transaction(self.shapes.values(), changes, self.txid, self.lsn)
         return self.lsn
 
     # --- shapes ---

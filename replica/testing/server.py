@@ -24,7 +24,7 @@ import anyio.abc
 import anyio.from_thread
 import h11
 
-from replica.testing.core import FakeElectric
+from replica.testing.core import ShapeService
 from replica.testing.faults import Fault
 from replica.testing.responses import FakeResponse
 
@@ -54,8 +54,9 @@ class Server:
 
 
 @asynccontextmanager
-async def serve(fake: FakeElectric, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:
-    """Serve ``fake`` on ``host:port`` (0 = any free port) until the block exits."""
+async def serve(fake: ShapeService, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:
+    """Serve ``fake`` (a FakeElectric, or any ShapeService such as PostgresElectric) on
+    ``host:port`` (0 = any free port) until the block exits."""
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     bound_host, bound_port = listener.extra(anyio.abc.SocketAttribute.local_address)[:2]
     # A MultiListener (a name resolving to several addresses) holds one listener per address.
@@ -70,14 +71,14 @@ async def serve(fake: FakeElectric, host: str = "127.0.0.1", port: int = 0) -> A
 
 
 @contextmanager
-def serve_in_thread(fake: FakeElectric, host: str = "127.0.0.1", port: int = 0) -> Iterator[Server]:
+def serve_in_thread(fake: ShapeService, host: str = "127.0.0.1", port: int = 0) -> Iterator[Server]:
     """``serve`` in a background thread with its own event loop, for sync code and subprocesses."""
     with anyio.from_thread.start_blocking_portal() as portal:
         with portal.wrap_async_context_manager(serve(fake, host=host, port=port)) as server:
             yield server
 
 
-async def _accept_loop(fake: FakeElectric, listening: socket.socket, tg: anyio.abc.TaskGroup) -> None:
+async def _accept_loop(fake: ShapeService, listening: socket.socket, tg: anyio.abc.TaskGroup) -> None:
     """Accept connections on the (non-blocking) ``listening`` socket, one handler task each."""
     while True:
         await anyio.wait_readable(listening)
@@ -93,7 +94,7 @@ async def _accept_loop(fake: FakeElectric, listening: socket.socket, tg: anyio.a
             raise
 
 
-async def _handle(fake: FakeElectric, raw: socket.socket) -> None:
+async def _handle(fake: ShapeService, raw: socket.socket) -> None:
     """Own ``raw``: wrap it as a stream and serve it; close it if it never becomes one."""
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -107,7 +108,7 @@ async def _handle(fake: FakeElectric, raw: socket.socket) -> None:
     await _connection(fake, stream)
 
 
-async def _connection(fake: FakeElectric, stream: anyio.abc.SocketStream) -> None:
+async def _connection(fake: ShapeService, stream: anyio.abc.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         while True:

@@ -86,6 +86,9 @@ class ShapeDef:
         """The compiled where clause (raises WhereError), or None for no filter."""
         if self.where is None:
             return None
+        custom = table.compile_where(self.where, self.params)
+        if custom is not None:  # a source with its own evaluator (Postgres asks Postgres)
+            return custom
         kinds = {c: column_kind(table.type_of(c), int(table.columns[c].get("dims", 0))) for c in table.columns}
         return compile_where(self.where, self.params, kinds)
 
@@ -156,12 +159,19 @@ class ShapeLog:
         return {c: row[c] for c in self.columns}
 
     def _take_snapshot(self, table: Table, xid: int) -> list[list[bytes]]:
+        rows = [row for row in table.rows.values() if self.includes(row)]
+        # The fake commits transactions atomically, so no transaction is ever in progress.
+        return self.chunk_snapshot(table, rows, xmin=xid, xmax=xid, xip=())
+
+    def chunk_snapshot(
+        self, table: Table, rows: Iterable[Row], *, xmin: int, xmax: int, xip: Sequence[int]
+    ) -> list[list[bytes]]:
+        """Snapshot chunks of ``rows`` (already filtered by the where clause) ending with
+        ``snapshot-end`` carrying the snapshot's visibility (a Postgres-backed source reuses this)."""
         chunks: list[list[bytes]] = [[]]
         size = 0
         if self.definition.log == wire.LOG_FULL:
-            for row in table.rows.values():
-                if not self.includes(row):
-                    continue
+            for row in rows:
                 message = {
                     "key": table.key(row),
                     "value": self.project(table, row, snapshot=True),
@@ -175,9 +185,8 @@ class ShapeLog:
                 size += len(encoded) + 1
         if size >= self.chunk_bytes:
             chunks.append([])  # snapshot-end alone in its chunk, as Electric may do
-        # The fake commits transactions atomically, so no transaction is ever in progress.
-        end = {"headers": {"control": wire.SNAPSHOT_END, "xmin": str(xid), "xmax": str(xid), "xip_list": []}}
-        chunks[-1].append(_encode(end))
+        headers = {"control": wire.SNAPSHOT_END, "xmin": str(xmin), "xmax": str(xmax), "xip_list": [str(x) for x in xip]}
+        chunks[-1].append(_encode({"headers": headers}))
         return chunks
 
     def append(self, offset: wire.Offset, message: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -95,6 +95,11 @@ class Table:
 
     def is_numeric(self, column: str) -> bool:
         return column in self._numeric
+
+    def compile_where(self, where: str, params: Sequence[str]) -> Callable[[Row], bool] | None:
+        """A source's own evaluator for ``where``, or None to use the fake's (``where.py``).
+        Subclasses backed by a real database override this (raising ``WhereError``)."""
+        return None
 
     def electric_schema(self, columns: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """The electric-schema object for the selected columns (all by default), in table order."""

@@ -156,4 +156,5 @@ def test_timestamptz_sorts_in_time_order_and_sqlite_reads_it(values: list[tuple[
     assert in_text_order == sorted(in_text_order)
     for (instant, _offset), text in zip(values, stored, strict=True):
         unix = db.execute("SELECT unixepoch(?, 'subsec')", (text,)).fetchone()[0]
-        assert abs(unix - instant.timestamp()) < 0.001
+        # SQLite's date functions keep milliseconds (truncated), and doubles far from 1970 lose µs.
+        assert abs(unix - instant.timestamp()) < 0.002

@@ -1,0 +1,92 @@
+"""Daemon logging: redaction of secrets, failures logged once then summarised, progress lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from replica.logs import FailureLog, Progress, Redactor, setup_logging
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    out = io.StringIO()
+    yield out
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_redactor_removes_known_secrets_and_secret_parameters() -> None:
+    redact = Redactor(["canary-token", "abc"])  # too short to be a secret worth hiding
+    text = redact("GET http://h/v1/shape?table=x&secret=s3&api_secret=t4 Bearer canary-token abc")
+    assert text == "GET http://h/v1/shape?table=x&secret=[redacted]&api_secret=[redacted] Bearer [redacted] abc"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_every_line_is_redacted_including_tracebacks(stream: io.StringIO, fmt: str) -> None:
+    redact = Redactor(["canary-9"])
+    setup_logging(redact, fmt=fmt, level="info", stream=stream)
+    log = logging.getLogger("anything.at.all")
+    log.info("token %s", "canary-9")
+    try:
+        raise ValueError("bad canary-9")
+    except ValueError:
+        log.exception("failed with url http://h/?secret=canary-9")
+    out = stream.getvalue()
+    assert "canary" not in out and out.count("[redacted]") >= 3
+    if fmt == "json":
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert [line["level"] for line in lines] == ["info", "error"] and "exception" in lines[1]
+
+
+def test_the_sync_loops_retry_warnings_give_way_to_the_failure_log(stream: io.StringIO) -> None:
+    setup_logging(Redactor(), stream=stream)
+    record = logging.LogRecord("replica", logging.WARNING, "sync.py", 1, "shape x: boom (retry 1)", None, None,
+                               func="_follow")
+    logging.getLogger("replica").handle(record)
+    logging.getLogger("replica").warning("other warnings stay")
+    assert stream.getvalue().count("\n") == 1 and "other warnings stay" in stream.getvalue()
+
+
+def test_a_failure_is_logged_once_then_summarised_then_recovered(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    failures = FailureLog(interval=60, clock=clock)
+    caplog.set_level(logging.INFO, logger="replica.daemon")
+    for second in range(0, 150, 5):  # 30 errors over 150 s
+        clock.now = second
+        failures.failed("items", f"503 #{second}")
+    failures.recovered("items")
+    failures.recovered("items")  # nothing more to say
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("shape items: 503 #0; retrying")
+    assert messages[1:3] == ["shape items: still failing after 13 errors; last: 503 #60",
+                             "shape items: still failing after 25 errors; last: 503 #120"]
+    assert messages[3:] == ["shape items: recovered after 30 errors"]
+
+
+def test_progress_reports_rows_bytes_and_rate_per_shape() -> None:
+    clock = Clock()
+    progress = Progress(("items", "orders"), clock=clock)
+    clock.now = 2.0
+    progress.received("items", 3_000_000)
+    progress.rows("items", 10_000)
+    progress.rows("orders", 50)
+    progress.reached("orders")
+    assert not progress.finished
+    assert progress.line() == "items 10,000 rows 3.0 MB 5,000 rows/s | orders done 50 rows 0 B in 2.0 s"
+    progress.reached("items", failed=True)
+    assert progress.finished and progress.line().startswith("items failed after 10,000 rows")
