@@ -69,10 +69,12 @@ async def fetch(
     """GET the shape log with the request's parameters (plus ``params``, e.g. ``secret``)."""
     if timeout is None:
         timeout = DEFAULT_LIVE_TIMEOUT if request.live else DEFAULT_TIMEOUT
-    query = list(request.params) + list(params)
     try:
+        # httpx replaces a URL's query with ``params``: keep the URL's own (e.g. ?source_id=…&secret=…)
+        base = httpx.URL(url)
+        query = [*base.params.multi_items(), *request.params, *params]
         reply = await client.get(
-            url,
+            base.copy_with(query=None),
             params=query,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),

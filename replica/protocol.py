@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replica import wire
+from replica import replies, wire
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
 from replica.schema import TableSchema
 
@@ -173,7 +173,7 @@ class ShapeLog:
         self._bust = False
         self._stale = 0
         self.expired_handle: str | None = None
-        self._key_prefix: tuple[str, str] | None = None
+        self._relation: tuple[str, str] | None = None
         self._base_params = shape.query_params()
         if checkpoint is None or checkpoint.offset == wire.OFFSET_BEFORE_ALL:
             self._restart(checkpoint.handle if checkpoint else None)
@@ -236,19 +236,19 @@ class ShapeLog:
         if status == 409:
             self._must_refetch(response.headers.get(wire.H_HANDLE) or None)
             return None
-        if status == 400 and _is_out_of_bounds(response.body):
+        if status == 400 and replies.is_out_of_bounds(response.body):
             # The server lost our position (restart, handover): start the log again.
             self._must_refetch(None)
             return None
         if status in (429,) or 500 <= status <= 599:
             raise ServerBusy(
-                f"server answered {status} {_summary(response.body)}; retrying with backoff",
+                f"server answered {status} {replies.summary(response.body)}; retrying with backoff",
                 status=status,
-                retry_after=_retry_after_seconds(response.headers.get(wire.H_RETRY_AFTER)),
+                retry_after=replies.retry_after_seconds(response.headers.get(wire.H_RETRY_AFTER)),
             )
         if status in (400, 401, 403, 404, 405, 406, 410, 413, 414, 422):
-            raise ShapeError(_refusal_message(status, response.body), status=status)
-        raise ProtocolError(f"unexpected HTTP status {status} {_summary(response.body)}")
+            raise ShapeError(replies.refusal_message(status, response.body), status=status)
+        raise ProtocolError(f"unexpected HTTP status {status} {replies.summary(response.body)}")
 
     def _receive_ok(self, response: Response) -> Commit | None:
         handle = response.headers.get(wire.H_HANDLE)
@@ -273,34 +273,16 @@ class ShapeLog:
                 up_to_date = True
         changes = tuple(m for m in messages if isinstance(m, wire.Change))
         if changes:
-            self._check_keys(changes, self.schema if self.schema is not None else _peek_schema(response))
+            schema = self.schema if self.schema is not None else replies.peek_schema(response.headers)
+            self._check_keys(changes, schema)
         self._accept_position(response, strict=True, up_to_date=up_to_date)
         self._stale = 0
         return self._after_data(changes, up_to_date=up_to_date)
 
     def _check_keys(self, changes: tuple[wire.Change, ...], schema: Mapping[str, Any] | None) -> None:
-        """ProtocolError unless each change's key is the one Electric builds from its primary key.
-
-        The store finds rows by the primary-key values, so a key naming another row (or table)
-        means the server and replica disagree about which row a message changes. Only checked
-        for keyed tables; a change without its primary key is left for the store to refuse.
-        """
-        pk = _pk_columns(schema)
-        if not pk:
-            return
-        if self._key_prefix is None:
-            self._key_prefix = wire.parse_table(self.shape.table)
-        relation, table = self._key_prefix
-        for index, change in enumerate(changes):
-            values = [change.value.get(column) for column in pk]
-            if None in values:
-                continue
-            expected = wire.build_key(relation, table, values)  # type: ignore[arg-type]
-            if change.key != expected:
-                raise ProtocolError(
-                    f"message {index}: key {_clip(change.key)} does not match its primary key "
-                    f"{_clip(expected)}; the server and the shape disagree about which row it changes"
-                )
+        if self._relation is None:
+            self._relation = wire.parse_table(self.shape.table)
+        replies.check_keys(changes, schema, self._relation)
 
     def _accept_position(self, response: Response, *, strict: bool, up_to_date: bool) -> None:
         headers = response.headers
@@ -380,71 +362,3 @@ class ShapeLog:
     def _bump_cache_buster(self) -> None:
         self._busts += 1
         self._bust = True
-
-
-def _peek_schema(response: Response) -> Mapping[str, Any] | None:
-    """The response's electric-schema if it parses (``_accept_position`` reports it if not)."""
-    raw = response.headers.get(wire.H_SCHEMA)
-    if raw is None:
-        return None
-    try:
-        schema = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return schema if isinstance(schema, dict) else None
-
-
-def _pk_columns(schema: Mapping[str, Any] | None) -> list[str]:
-    """Primary-key column names in ``pk_index`` order; empty if none (or the schema is unusable)."""
-    if not isinstance(schema, Mapping):
-        return []
-    keyed = []
-    for name, spec in schema.items():
-        index = spec.get("pk_index") if isinstance(spec, Mapping) else None
-        if isinstance(index, int) and not isinstance(index, bool):
-            keyed.append((index, name))
-    return [name for _index, name in sorted(keyed)]
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
-
-
-def _is_out_of_bounds(body: bytes) -> bool:
-    try:
-        errors = json.loads(body).get("errors", {})
-        return any("out of bounds" in str(m) for m in errors.get(wire.P_OFFSET, []))
-    except (ValueError, AttributeError, TypeError, RecursionError):  # any body a proxy may send
-        return False
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as delta-seconds; an HTTP-date needs a clock, so the caller resolves it."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def _summary(body: bytes, limit: int = 200) -> str:
-    text = body[:limit].decode("utf-8", "replace").strip()
-    return f"({text}{'…' if len(body) > limit else ''})" if text else ""
-
-
-def _refusal_message(status: int, body: bytes) -> str:
-    detail = _summary(body)
-    try:
-        errors = json.loads(body).get("errors")
-        if isinstance(errors, dict):
-            detail = "; ".join(f"{field}: {', '.join(map(str, msgs))}" for field, msgs in errors.items())
-    except (ValueError, AttributeError, TypeError, RecursionError):  # any body a proxy may send
-        pass
-    hints = {
-        400: "the server refused the shape definition",
-        401: "unauthorized: pass the right secret (--secret) or auth header",
-        403: "forbidden: the credentials are not allowed to read this shape",
-        404: "no shape endpoint here: the URL should end with /v1/shape",
-    }
-    return f"{status} {hints.get(status, 'request refused')}: {detail}".rstrip(": ")

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 _READ_BATCH = 1000
+_STAGE_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -253,8 +254,12 @@ def append_typed(conn: apsw.Connection, name: str, changes: Sequence[Change], sc
     simple = True
     start = 0
     while start < len(changes):
+        if len(params) >= _STAGE_BATCH:
+            _insert_typed(conn, name, width, params)
+            params = []
         end = start
-        while end < len(changes) and changes[end].operation == wire.INSERT and len(changes[end].value) == width:
+        limit = min(len(changes), start + _STAGE_BATCH)  # bounds the converted copies held at once
+        while end < limit and changes[end].operation == wire.INSERT and len(changes[end].value) == width:
             end += 1
         if end > start:  # a run of whole-row inserts: converted column by column
             run = changes[start:end]
@@ -269,14 +274,17 @@ def append_typed(conn: apsw.Connection, name: str, changes: Sequence[Change], sc
         params.append((_OPS[change.operation], change.key, present, *(row.get(c) for c in names)))
         simple = simple and change.operation == wire.INSERT and present is None
         start += 1
+    _insert_typed(conn, name, width, params)
+    if not simple:
+        conn.execute(f'UPDATE main.{typed_table(name)} SET "present" = NULL WHERE "seq" = 0')
+    return len(changes)
+
+
+def _insert_typed(conn: apsw.Connection, name: str, width: int, params: list[tuple[Any, ...]]) -> None:
     if params:
-        table = typed_table(name)
         marks = ", ".join("?" for _ in range(width + 3))
         columns = "".join(f', "c{i}"' for i in range(width))
-        conn.executemany(f'INSERT INTO main.{table} ("op", "key", "present"{columns}) VALUES ({marks})', params)
-        if not simple:
-            conn.execute(f'UPDATE main.{table} SET "present" = NULL WHERE "seq" = 0')
-    return len(params)
+        conn.executemany(f'INSERT INTO main.{typed_table(name)} ("op", "key", "present"{columns}) VALUES ({marks})', params)
 
 
 def read_keys(conn: apsw.Connection, name: str) -> Iterator[str]:

@@ -70,6 +70,11 @@ class Store:
     def _open(self) -> None:
         conn = self._conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
         conn.set_busy_timeout(int(self._busy_timeout * 1000))
+        if conn.readonly("main"):  # SQLite opens a write-protected file read-only, silently
+            raise StoreError(
+                f"{self.path} is read-only: make the file, its -wal/-shm files and the directory writable "
+                "by this user (replica writes the database it syncs)"
+            )
         mode = str(conn.pragma("journal_mode", "wal")).lower()
         if mode not in ("wal", "memory"):
             raise StoreError(

@@ -23,7 +23,7 @@ import anyio.from_thread
 import anyio.to_thread
 import httpx
 
-from replica import http
+from replica import http, replies, wire
 from replica.backoff import Backoff, parse_retry_after
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
 from replica.protocol import Checkpoint, Shape, ShapeLog
@@ -115,8 +115,10 @@ class Replica:
         if len(set(names)) != len(names):
             raise ConfigError(f"shapes: two shapes share a local table name: {sorted(names)}")
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"url: must start with http:// or https://, got {url[:40]!r}")
+            raise ConfigError(f"url: must start with http:// or https://, got {wire.redact_url(url)[:40]!r}")
         self._secret = secret
+        # No secret appears in a log line, status or error (an error page may echo the request).
+        self._redact = replies.Redactor(url, secret, [*(headers or {}).items(), *(params or {}).items()])
         self._headers = dict(headers or {})
         self._params = dict(params or {})
         self._on_unauthorized = on_unauthorized
@@ -281,12 +283,14 @@ class Replica:
                     new_headers = await _maybe_await(self._on_unauthorized(exc.status))
                     if new_headers is not None:
                         extra_headers.update(new_headers)
+                        self._redact.learn(new_headers.items())
                         await anyio.sleep(self._backoff.delay(auth_retries))
                         auth_retries += 1
                         continue
-                log.error("shape %s stopped: %s", name, exc)
-                self._set(name, state="error", error=str(exc))
-                await self._call_store(self._require_store().set_state, name, "error", str(exc))
+                message = self._redact(str(exc))
+                log.error("shape %s stopped: %s", name, message)
+                self._set(name, state="error", error=message)
+                await self._call_store(self._require_store().set_state, name, "error", message)
                 return
             except (TransientError, ProtocolError, StoreError) as exc:
                 retry_after = None
@@ -296,9 +300,10 @@ class Replica:
                         retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
                 delay = self._backoff.delay(attempt, retry_after)
                 attempt += 1
-                log.warning("shape %s: %s (retry %d in %.1f s)", name, exc, attempt, delay)
-                self._observe("retry", name, error=str(exc), delay=delay)
-                self._set(name, state="offline", error=str(exc))
+                message = self._redact(str(exc))
+                log.warning("shape %s: %s (retry %d in %.1f s)", name, message, attempt, delay)
+                self._observe("retry", name, error=message, delay=delay)
+                self._set(name, state="offline", error=message)
                 await anyio.sleep(delay)
                 if not isinstance(exc, TransientError):
                     # Rows and checkpoint are atomic, so the stored checkpoint matches the disk.
@@ -363,11 +368,14 @@ class Replica:
             params.append(("secret", self._secret))
         return params
 
-    @staticmethod
-    async def _resolve(values: Mapping[str, HeaderValue]) -> dict[str, str]:
+    async def _resolve(self, values: Mapping[str, HeaderValue]) -> dict[str, str]:
         resolved = {}
         for key, value in values.items():
-            resolved[key] = value if isinstance(value, str) else str(await _maybe_await(value()))
+            if isinstance(value, str):
+                resolved[key] = value
+            else:  # a function: a refreshed token, whatever its name
+                resolved[key] = str(await _maybe_await(value()))
+                self._redact.refreshed(resolved[key])
         return resolved
 
     def _require_store(self) -> Store:

@@ -195,11 +195,22 @@ def _dump(node: Any) -> str:
     return json.dumps(node, ensure_ascii=False, allow_nan=False)
 
 
+# A one-dimensional array whose elements need no quoting or escaping: ``{a,b,NULL}`` or ``{}``.
+_FLAT_ARRAY_RE = re.compile(r'\{(?:[^{}",\\\s]+(?:,[^{}",\\\s]+)*)?\}')
+
+
 def array_converter(pg_type: str) -> Callable[[str], str]:
     element = _array_element(pg_type)
     delimiter = ";" if pg_type == "box" else ","
+    flat = _FLAT_ARRAY_RE.fullmatch if delimiter == "," and pg_type not in JSON_TYPES else None
+    dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
     def convert(text: str) -> str:
+        if flat is not None and flat(text):
+            # The common case, without the general parser: same output as below.
+            items = text[1:-1].split(",") if len(text) > 2 else []
+            return dumps([None if item.upper() == "NULL" else element(item) for item in items])
+
         def walk(node: Any) -> Any:
             if isinstance(node, list):
                 return [walk(item) for item in node]

@@ -313,7 +313,7 @@ REDACTED = "[redacted]"
 def redact_url(url: str) -> str:
     """The URL with the values of secret parameters replaced, safe for logs and errors."""
     parts = urlsplit(url)
-    if not parts.query:
+    if not parts.query and "@" not in parts.netloc:
         return url
     query = [(k, REDACTED if k in SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     netloc = parts.netloc

@@ -15,9 +15,13 @@ is the fake's own code; this module only replaces where rows come from:
   created and transactions applied under one lock, so none can be decoded before a shape that
   needs it exists.
 * **Where**: Postgres evaluates it, for snapshots in the query, for changes on the old and new
-  row (``SELECT <where> FROM (VALUES ($1::type, …))``), see ``PgTable.compile_where``.
+  row (``SELECT <where> FROM (VALUES ($1::type, …))``, one query per changed row and shape),
+  see ``PgTable.compile_where``.
 * **Rotation**: TRUNCATE (in the change stream) and any DROP/ALTER/RENAME of a shape's table
-  (the catalog, checked each poll and on each request) expire its shapes: clients get 409.
+  (the catalog, read at most every CATALOG_TTL by the poller and by requests) expire its
+  shapes: clients get 409.
+
+Whole snapshots and logs are kept in memory, as in the fake: size the tables for tests.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ _GET_CHANGES = (
     "SELECT lsn::text, xid::text, data FROM pg_logical_slot_get_changes($1, NULL, $2,"
     " 'include-xids', '1', 'skip-empty-xacts', '1')"
 )
-_MAX_CHANGES = 10_000  # rows per poll: bounds memory for huge transactions' neighbours
+# Rows per poll. Postgres checks the limit only after a whole transaction, so batches never
+# split one; the limit only stops a backlog of many transactions from arriving at once.
+_MAX_CHANGES = 10_000
 CATALOG_TTL = 0.1  # seconds a catalog read stays fresh: DDL rotates shapes within about this
 
 
@@ -239,11 +245,11 @@ class _Poller:
         while not self.stopping.is_set():
             try:
                 more = self.poll()
-            except (psycopg.Error, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the thread must go on serving
                 if self.stopping.is_set():
                     return
-                # Changes may have been consumed and lost: every shape must be rebuilt, and a
-                # new session needs a new (temporary) slot.
+                # Changes may have been consumed and not applied: every shape must be rebuilt,
+                # and a new session needs a new (temporary) slot.
                 log.error("Postgres dev server: change stream failed (%s); rotating every shape", exc)
                 self.db.expire_all()
                 self.db.on_change()

@@ -335,7 +335,7 @@ class Torture:
             elif target == "staging":
                 nth = rng.randrange(1, 8)
                 self.wait_for(exchanges, start, proc,
-                              lambda ex: sum(request_kind(e[1]) == "staging" for e in ex) >= nth
+                              lambda ex: sum(request_kind(e[1]) == "staging" and e[2] == 200 for e in ex) >= nth
                               or any(request_kind(e[1]) == "live" for e in ex))
                 time.sleep(rng.uniform(0, 0.01))
             elif target == "commit":
@@ -440,6 +440,7 @@ class Torture:
         with mutator.lock:  # any operation in progress has finished
             pass
         want = expected_rows(fake)
+        asked = len(fake.requests)
         proc = self.spawn(url)
         try:
             deadline = time.monotonic() + self.args.converge_timeout
@@ -451,7 +452,8 @@ class Torture:
                         got = local_rows(self.db)
                     except apsw.Error:
                         got = {}
-                    if got == want:
+                    # ...and the syncer is up (it has asked the server), so SIGTERM meets its handler.
+                    if got == want and len(fake.requests) > asked:
                         break
                 if time.monotonic() > deadline:
                     got = local_rows(self.db) if self.db.exists() else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from oracle import expected, local, pk_of
 
 from replica import Backoff, Replica, Shape, ShapeError
-from replica.testing import FakeElectric, Fault, serve_in_thread
+from replica.testing import FakeElectric, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -195,60 +194,7 @@ def test_readers_never_see_a_partial_snapshot_or_refetch(db: Path, tmp_path: Pat
     assert observed <= allowed, f"a reader saw a partial state: {sorted(observed - allowed)}"
 
 
-FAULTS = [
-    Fault("status", status=503, retry_after=0, times=3),
-    Fault("status", status=500, times=2),
-    Fault("status", status=429, retry_after=0, times=2),
-    Fault("reset"),
-    Fault("truncate"),
-    Fault("malformed"),
-    Fault("drop_headers", headers=("electric-offset",)),
-    Fault("drop_headers", headers=("electric-schema", "electric-cursor")),
-    Fault("stall", seconds=2.0),
-    Fault("must_refetch", handle=True),
-    Fault("must_refetch", handle=False),
-    Fault("stale"),
-]
-
-
-@pytest.mark.integration
-@pytest.mark.guarantee("R5")
-@pytest.mark.parametrize("phase", ["initial", "snapshot", "catchup", "live"])
-@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f"{f.kind}-{getattr(f, 'status', '') or ''}")
-def test_every_fault_in_every_phase_recovers_and_converges(db: Path, fault: Fault, phase: str) -> None:
-    fake = make_fake(60, chunk_bytes=1500)
-    with serve_in_thread(fake) as server:
-        replica = Replica(db, server.url, Shape("items"), live_timeout=1.0, request_timeout=1.0)
-        if phase == "live":
-            replica.start()
-            assert replica.wait_until_synced(10)
-            fake.faults.add(_in_phase(fault, phase))
-            fake.insert("items", row(900))
-        else:
-            fake.faults.add(_in_phase(fault, phase))
-            if phase == "catchup":
-                anyio.run(functools.partial(replica.run, once=True))  # then the next run catches up non-live
-                fake.insert("items", row(901))
-                fake.faults.clear()
-                fake.faults.add(_in_phase(fault, phase))
-            replica.start()
-        try:
-            deadline = time.monotonic() + 15
-            while not converged(fake, db) or replica.status()[0].state != "live":
-                assert time.monotonic() < deadline, f"did not converge: {replica.status()}"
-                time.sleep(0.02)
-        finally:
-            replica.stop()
-        if phase != "catchup":
-            assert not fake.faults.pending or fault.kind == "stale", "the fault was never triggered"
-        per_second = len(fake.requests) / max(0.1, fake.requests[-1][2] - fake.requests[0][2])
-        assert len(fake.requests) < 200 or per_second < 100, "a hot loop"
-
-
-def _in_phase(fault: Fault, phase: str) -> Fault:
-    from dataclasses import replace
-
-    return replace(fault, phase=phase)
+# The fault × phase matrix lives in test_faults.py.
 
 
 @pytest.mark.guarantee("R7")

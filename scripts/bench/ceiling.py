@@ -1,0 +1,132 @@
+"""The in-process ceiling: the recorded bodies decoded and written with apsw, no HTTP, no staging.
+
+    ceiling.py FOLDER    prints one JSON line: {variant: rows_per_s, ..., "best": name}
+
+Every variant produces the same typed table as replica (the README's type map, via
+replica.schema's converters) in a WAL database with synchronous=NORMAL, one transaction per body:
+  json+rows         stdlib json, per-row conversion, executemany upsert
+  msgspec+columns   msgspec decode, column-wise conversion, executemany upsert
+  msgspec+thread    as above, with SQLite writes on a second thread (apsw releases the GIL)
+Bodies are read from disk inside the timing (page cache: negligible).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data  # noqa: E402
+
+from replica.schema import TableSchema, create_table_sql, quote_ident  # noqa: E402
+
+
+class Msg(msgspec.Struct, gc=False):
+    headers: dict[str, Any]
+    key: str | None = None
+    value: dict[str, str | None] | None = None
+
+
+def open_db(path: str, table: str, schema: TableSchema) -> apsw.Connection:
+    conn = apsw.Connection(path)
+    conn.pragma("journal_mode", "wal")
+    conn.pragma("synchronous", "NORMAL")
+    conn.execute(create_table_sql(table, schema))
+    return conn
+
+
+def upsert_sql(table: str, schema: TableSchema) -> str:
+    names = ", ".join(quote_ident(c) for c in schema.names)
+    marks = ", ".join("?" for _ in schema.names)
+    rest = ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in schema.names if c not in schema.pk)
+    pk = ", ".join(quote_ident(c) for c in schema.pk)
+    return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ({marks}) ON CONFLICT ({pk}) DO UPDATE SET {rest}"
+
+
+def json_rows(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
+    names = schema.names
+    for path in bodies:
+        messages = json.loads(path.read_bytes())
+        rows = []
+        for m in messages:
+            if "key" in m:
+                row = schema.convert_row(m["value"])
+                rows.append([row[c] for c in names])
+        with conn:
+            conn.executemany(sql, rows)
+
+
+def decode_columns(path: Path, decoder: Any, schema: TableSchema) -> list[tuple[Any, ...]]:
+    import gc
+
+    gc.disable()
+    try:
+        messages = decoder.decode(path.read_bytes())
+    finally:
+        gc.enable()
+    return schema.convert_full_rows([m.value for m in messages if m.key is not None])
+
+
+def msgspec_columns(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
+    decoder = msgspec.json.Decoder(list[Msg])
+    for path in bodies:
+        rows = decode_columns(path, decoder, schema)
+        with conn:
+            conn.executemany(sql, rows)
+
+
+def msgspec_thread(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
+    decoder = msgspec.json.Decoder(list[Msg])
+    work: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(maxsize=1)
+
+    def writer() -> None:
+        while (rows := work.get()) is not None:
+            with conn:
+                conn.executemany(sql, rows)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    for path in bodies:
+        work.put(decode_columns(path, decoder, schema))
+    work.put(None)
+    thread.join()
+
+
+VARIANTS = {"json+rows": json_rows, "msgspec+columns": msgspec_columns, "msgspec+thread": msgspec_thread}
+
+
+def main() -> None:
+    folder = Path(sys.argv[1])
+    index = json.loads((folder / "index.json").read_text())
+    table, rows = index["dataset"], index["rows"]
+    schema = TableSchema.from_electric(index["schema"])
+    bodies = [path for _headers, path in data.bodies(folder)]
+    result: dict[str, Any] = {}
+    only = sys.argv[2:] or list(VARIANTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in only:
+            path = os.path.join(tmp, f"{name}.db")
+            conn = open_db(path, table, schema)
+            started = time.perf_counter()
+            VARIANTS[name](bodies, conn, upsert_sql(table, schema), schema)
+            elapsed = time.perf_counter() - started
+            count = conn.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0]
+            conn.close()
+            assert count == rows, (name, count, rows)
+            result[name] = round(rows / elapsed)
+    result["best"] = max(only, key=lambda n: result[n])
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

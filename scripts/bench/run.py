@@ -1,0 +1,341 @@
+"""The benchmark: replica against the machine's ceiling and the JS peers, in one bounded run.
+
+    .venv/bin/python scripts/bench/run.py [--full] [--no-peers] [--no-chart]   (or: scripts/bench/run)
+
+Loopback only. Datasets (data.py): ``narrow`` (~150 B rows) and ``wide`` (~1 KB rows), pre-encoded
+once into bench-results/data/ and served by static_server.py (no work per request). Measures:
+  initial   `replica sync --once` wall time (process start to exit) and peak RSS, 100k rows
+            (and 1M with --full); the ceiling (ceiling.py, best in-process variant); the peers
+            (@electric-sql/client Shape, pglite-sync into PGlite) from the same server
+  live      server release -> row committed (replica) / subscriber callback (TS client), 500 changes
+  idle      100 live shapes long-polling with no changes: CPU % of one core and RSS over 30 s
+Prints a table with the targets' same-run ratios and writes bench-results/bench-<time>.json;
+renders docs/performance.png when matplotlib (the `bench` extra) is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import data  # noqa: E402
+
+PY = sys.executable
+RESULTS = ROOT / "bench-results"
+DDL = {
+    "narrow": "CREATE TABLE narrow (id int8 PRIMARY KEY, name text, active bool, amount numeric, "
+    "updated_at timestamptz, score float8)",
+    "wide": "CREATE TABLE wide (id int8 PRIMARY KEY, title text, description text, notes text, status text, "
+    "tags text[], payload jsonb, owner uuid, price numeric, quantity int4, rating float8, flag bool, "
+    "created_at timestamptz, updated_at timestamptz, due date, city text)",
+}
+
+
+def run_rss(cmd: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB of the child, its stdout)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise TimeoutError(cmd)
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {err.read()[-2000:]}")
+        return elapsed, usage.ru_maxrss / 1024, out.read()
+
+
+class Server:
+    def __init__(self, cmd: list[str]) -> None:
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        self.first = self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def dataset(name: str, rows: int) -> Path:
+    folder = RESULTS / "data" / f"{name}-{rows}-v1"
+    if not (folder / "index.json").exists():
+        print(f"  recording {name} x {rows} ...", flush=True)
+        data.record(name, rows, folder)
+    return folder
+
+
+def initial(name: str, rows: int, peers: bool, tmp: Path) -> dict[str, Any]:
+    folder = dataset(name, rows)
+    index = json.loads((folder / "index.json").read_text())
+    server = Server([PY, str(HERE / "static_server.py"), str(folder)])
+    result: dict[str, Any] = {"dataset": name, "rows": rows, "body_bytes": index["bytes"],
+                              "bytes_per_row": round(index["bytes"] / rows)}
+    try:
+        db = tmp / f"{name}-{rows}.db"
+        seconds, rss, _ = run_rss([PY, "-m", "replica", "sync", server.first, "--table", name, "--db", str(db), "--once"])
+        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+        count = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        conn.close()
+        assert count == rows, (count, rows)
+        result["replica"] = {"seconds": round(seconds, 2), "rows_per_s": round(rows / seconds), "peak_rss_mb": round(rss, 1)}
+        _, _, out = run_rss([PY, str(HERE / "ceiling.py"), str(folder)])
+        ceiling = json.loads(out)
+        result["ceiling"] = ceiling
+        result["ceiling_rows_per_s"] = ceiling[ceiling["best"]]
+        if peers:
+            for peer in ("client", "pglite"):
+                cmd = ["node", str(HERE / "peer.mjs"), peer, server.first, name, str(rows)]
+                if peer == "pglite":
+                    cmd.append(DDL[name])
+                # pglite-sync's fastest initial insert is csv; it fails on some rows (wide), then insert.
+                for method in ("csv", "insert") if peer == "pglite" else ("-",):
+                    try:
+                        wall, rss, out = run_rss(cmd, timeout=900, env={"PGLITE_INSERT": method})
+                        break
+                    except RuntimeError as exc:
+                        print(f"  {peer} ({method}) failed: {str(exc).splitlines()[-1][:200]}")
+                line = json.loads(out.strip().splitlines()[-1])
+                result[peer] = {"seconds": round(line["seconds"], 2), "rows_per_s": round(rows / line["seconds"]),
+                                "process_seconds": round(wall, 2), "peak_rss_mb": round(rss, 1)}
+                if peer == "pglite":
+                    result[peer]["initial_insert"] = method
+    finally:
+        server.close()
+    return result
+
+
+def percentiles(released: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
+    lat = sorted(seen[i] - released[i] for i in released if i in seen)
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return {"changes": len(lat), "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2), "max_ms": round(lat[-1], 2)}
+
+
+def live(count: int, gap_ms: float, peers: bool, tmp: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    clients = {"replica": [PY, str(HERE / "live.py"), "replica", "{url}", str(tmp / "live.db"), str(count)]}
+    if peers:
+        clients["ts_client"] = ["node", str(HERE / "peer.mjs"), "live", "{url}", "live", str(count)]
+    for name, template in clients.items():
+        server = Server([PY, str(HERE / "live.py"), "server", "1000"])
+        try:
+            url = json.loads(server.first)["url"]
+            client = subprocess.Popen([a.replace("{url}", url) for a in template], stdout=subprocess.PIPE, text=True,
+                                      cwd=ROOT)
+            assert client.stdout is not None and server.proc.stdin is not None and server.proc.stdout is not None
+            json.loads(client.stdout.readline())  # ready: live
+            time.sleep(0.5)
+            server.proc.stdin.write(f"go {count} {gap_ms}\n")
+            server.proc.stdin.flush()
+            released = json.loads(server.proc.stdout.readline())["released"]
+            seen = json.loads(client.stdout.readline())["seen"]
+            client.wait(30)
+            results[name] = percentiles(released, seen)
+        finally:
+            server.close()
+    return results
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def idle(shapes: int, window: float, tmp: Path) -> dict[str, Any]:
+    server = Server([PY, str(HERE / "live.py"), "server", str(shapes)])
+    try:
+        url = json.loads(server.first)["url"]
+        client = subprocess.Popen([PY, str(HERE / "live.py"), "idle", url, str(tmp / "idle.db"), str(shapes)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert client.stdout is not None and client.stdin is not None
+        json.loads(client.stdout.readline())
+        time.sleep(2)
+        before, started = proc_cpu(client.pid), time.monotonic()
+        time.sleep(window)
+        cpu = (proc_cpu(client.pid) - before) / (time.monotonic() - started) * 100
+        rss = proc_rss(client.pid)
+        client.stdin.close()
+        client.wait(30)
+    finally:
+        server.close()
+    return {"shapes": shapes, "window_s": window, "cpu_percent_of_one_core": round(cpu, 2), "rss_mb": round(rss, 1)}
+
+
+def facts() -> dict[str, Any]:
+    def npm_version(name: str) -> str:
+        path = ROOT / "node_peer" / "node_modules" / name / "package.json"
+        return json.loads(path.read_text())["version"] if path.exists() else "missing"
+
+    import httpx
+    import msgspec
+
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "python": platform.python_version(), "sqlite": apsw.sqlite_lib_version(), "apsw": apsw.apsw_version(),
+        "httpx": httpx.__version__, "anyio": importlib.metadata.version("anyio"),
+        "msgspec": msgspec.__version__, "node": node, "@electric-sql/client": npm_version("@electric-sql/client"),
+        "@electric-sql/pglite": npm_version("@electric-sql/pglite"),
+        "@electric-sql/pglite-sync": npm_version("@electric-sql/pglite-sync"),
+        "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.platform(),
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = ["| dataset | rows | replica rows/s | peak RSS MB | ceiling rows/s | replica/ceiling | TS client rows/s | "
+             "pglite-sync rows/s | replica/pglite |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["initial"]:
+        rep, ceil = r["replica"]["rows_per_s"], r["ceiling_rows_per_s"]
+        client = r.get("client", {}).get("rows_per_s")
+        pglite = r.get("pglite", {}).get("rows_per_s")
+        lines.append(
+            f"| {r['dataset']} ({r['bytes_per_row']} B/msg) | {r['rows']:,} | {rep:,} | {r['replica']['peak_rss_mb']} | "
+            f"{ceil:,} ({r['ceiling']['best']}) | {rep / ceil:.2f} | {client or '-':,} | {pglite or '-':,} | "
+            f"{(rep / pglite) if pglite else float('nan'):.2f} |"
+        )
+    lines.append("")
+    lines.append("| live latency (500 changes, 10 ms apart) | p50 ms | p99 ms | max ms |")
+    lines.append("|---|---:|---:|---:|")
+    for name, r in report["live"].items():
+        lines.append(f"| {name} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |")
+    i = report["idle"]
+    lines.append("")
+    lines.append(f"Idle: {i['shapes']} live shapes, {i['window_s']} s: {i['cpu_percent_of_one_core']} % of one core, "
+                 f"RSS {i['rss_mb']} MB.")
+    return "\n".join(lines)
+
+
+def targets(report: dict[str, Any]) -> list[str]:
+    out = []
+    for r in report["initial"]:
+        rep = r["replica"]["rows_per_s"]
+        ratio = rep / r["ceiling_rows_per_s"]
+        out.append(f"{r['dataset']} {r['rows']:,}: replica/ceiling {ratio:.2f} (target >= 0.7) {'MET' if ratio >= 0.7 else 'not met'}")
+        if "pglite" in r:
+            ratio = rep / r["pglite"]["rows_per_s"]
+            out.append(f"{r['dataset']} {r['rows']:,}: replica/pglite-sync {ratio:.2f} (target >= 5) "
+                       f"{'MET' if ratio >= 5 else 'not met'}")
+    by = {(r["dataset"], r["rows"]): r["replica"]["peak_rss_mb"] for r in report["initial"]}
+    for name in ("narrow", "wide"):
+        if (name, 1_000_000) in by:
+            big, small = by[(name, 1_000_000)], by[(name, 100_000)]
+            ok = big <= 150 and big <= 1.3 * small
+            out.append(f"{name}: peak RSS 1M {big} MB, 1M/100k {big / small:.2f} (target <= 150 MB and <= 1.3) "
+                       f"{'MET' if ok else 'not met'}")
+    lr = report["live"]["replica"]
+    ok = lr["p50_ms"] <= 5 and lr["p99_ms"] <= 20
+    out.append(f"live: replica p50 {lr['p50_ms']} ms, p99 {lr['p99_ms']} ms (target <= 5 / <= 20) {'MET' if ok else 'not met'}")
+    cpu = report["idle"]["cpu_percent_of_one_core"]
+    out.append(f"idle: 100 shapes {cpu} % of one core (target <= 2) {'MET' if cpu <= 2 else 'not met'}")
+    return out
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: pip install -e '.[bench]' for the chart)")
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels, series = [], {"replica": [], "ceiling": [], "TS client": [], "pglite-sync": []}
+    for r in report["initial"]:
+        labels.append(f"{r['dataset']}\n{r['rows']:,}")
+        series["replica"].append(r["replica"]["rows_per_s"])
+        series["ceiling"].append(r["ceiling_rows_per_s"])
+        series["TS client"].append(r.get("client", {}).get("rows_per_s", 0))
+        series["pglite-sync"].append(r.get("pglite", {}).get("rows_per_s", 0))
+    width = 0.2
+    for i, (name, values) in enumerate(series.items()):
+        ax1.bar([x + (i - 1.5) * width for x in range(len(labels))], values, width, label=name)
+    ax1.set_xticks(range(len(labels)), labels)
+    ax1.set_ylabel("rows/s (initial sync)")
+    ax1.legend()
+    ax1.set_title("Initial sync, loopback")
+    names = list(report["live"])
+    ax2.bar([x - 0.2 for x in range(len(names))], [report["live"][n]["p50_ms"] for n in names], 0.4, label="p50")
+    ax2.bar([x + 0.2 for x in range(len(names))], [report["live"][n]["p99_ms"] for n in names], 0.4, label="p99")
+    ax2.set_xticks(range(len(names)), names)
+    ax2.set_ylabel("ms, server release -> committed / callback")
+    ax2.set_title("Live latency, 500 changes")
+    ax2.legend()
+    fig.text(0.01, 0.01, f"{report['facts']['cores']} cores, Python {report['facts']['python']}, "
+             f"SQLite {report['facts']['sqlite']}, node {report['facts']['node']}", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path.relative_to(ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="also sync 1,000,000 rows (adds ~10-15 minutes)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the node peers")
+    parser.add_argument("--no-chart", action="store_true", help="do not write docs/performance.png")
+    parser.add_argument("--idle-window", type=float, default=30.0, help="seconds to sample idle CPU (default 30)")
+    args = parser.parse_args()
+    peers = not args.no_peers
+    if peers and not (ROOT / "node_peer" / "node_modules" / "@electric-sql" / "client").exists():
+        print("node peers missing: run scripts/npm-peer (or pass --no-peers)")
+        peers = False
+    sizes = [100_000, 1_000_000] if args.full else [100_000]
+    report: dict[str, Any] = {"facts": facts(), "initial": [], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for name in ("narrow", "wide"):
+            for rows in sizes:
+                print(f"initial sync: {name} x {rows:,}", flush=True)
+                report["initial"].append(initial(name, rows, peers, tmp))
+        print("live latency ...", flush=True)
+        report["live"] = live(500, 10, peers, tmp)
+        print("idle cost ...", flush=True)
+        report["idle"] = idle(100, args.idle_window, tmp)
+    report["targets"] = targets(report)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print()
+    print(table(report))
+    print()
+    for line in report["targets"]:
+        print(line)
+    print()
+    print("facts: " + ", ".join(f"{k} {v}" for k, v in report["facts"].items()))
+    print(f"json: {out.relative_to(ROOT)}")
+    if not args.no_chart:
+        chart(report, ROOT / "docs" / "performance.png")
+
+
+if __name__ == "__main__":
+    main()
