@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from replica import http, replies, wire
 from replica.backoff import Backoff, parse_retry_after
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
 from replica.protocol import Checkpoint, Shape, ShapeLog
+from replica.events import ShapeState, SyncEvent
 from replica.store import Applied, Store
 
 __all__ = ["Replica", "ShapeState", "SyncEvent"]
@@ -36,41 +37,6 @@ log = logging.getLogger("replica")
 HeaderValue = str | Callable[[], str] | Callable[[], Awaitable[str]]
 UnauthorizedHook = Callable[[int], Mapping[str, str] | None | Awaitable[Mapping[str, str] | None]]
 AUTH_RETRY_LIMIT = 5  # consecutive 401/403 answered with new headers before giving up
-
-
-@dataclass(frozen=True)
-class ShapeState:
-    """What one shape is doing now. ``state`` is connecting, syncing, live, offline, error or stopped."""
-
-    name: str
-    state: str
-    handle: str | None = None
-    offset: str | None = None
-    rows: int | None = None
-    last_synced_at: float | None = None  # epoch seconds of the last up-to-date
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class SyncEvent:
-    """One observation from a follow loop, for metrics, progress and logs (``Replica(observer=…)``).
-
-    ``kind`` and the fields it sets:
-      ``response``  an HTTP answer arrived: ``status``, ``size`` (body bytes)
-      ``refetch``   the server made the shape start over (409 must-refetch, offset out of bounds)
-      ``commit``    ``Store.apply`` returned: ``applied`` (staged or published; counts per operation)
-      ``retry``     a failure will be retried: ``error``, ``delay`` (seconds)
-      ``state``     the shape's state changed: ``shape`` (the new ShapeState, with its error)
-    """
-
-    kind: str
-    name: str
-    status: int | None = None
-    size: int = 0
-    applied: Applied | None = None
-    error: str | None = None
-    delay: float | None = None
-    shape: ShapeState | None = None
 
 
 class Replica:
@@ -159,7 +125,7 @@ class Replica:
                 with anyio.CancelScope() as self._cancel:
                     async with anyio.create_task_group() as tg:
                         for shape in self.shapes:
-                            tg.start_soon(self._follow, client, shape, once)
+                            tg.start_soon(self._isolated, client, shape, once)
         finally:
             for name, state in self._states.items():
                 if state.state != "error":
@@ -244,6 +210,16 @@ class Replica:
             self._cancel.cancel()
 
     # --- one shape ---
+
+    async def _isolated(self, client: httpx.AsyncClient, shape: Shape, once: bool) -> None:
+        """R7: replica's own errors are handled in the loop; anything else is a bug that stops this shape only."""
+        try:
+            await self._follow(client, shape, once)
+        except Exception as exc:
+            message = self._redact(f"internal error ({type(exc).__name__}): {exc}")
+            log.error("shape %s stopped: %s", shape.local_name, message)
+            log.debug("internal error in shape %s", shape.local_name, exc_info=True)
+            self._set(shape.local_name, state="error", error=message)
 
     async def _follow(self, client: httpx.AsyncClient, shape: Shape, once: bool) -> None:
         name = shape.local_name

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "replica"
 # Each module may import only modules listed before it (design.md §2).
 ORDER = ["errors", "wire", "pgarray", "values", "schema", "replies", "protocol", "backoff", "dbfile", "staging", "tables",
-         "publish", "store", "http", "sync", "config", "logs", "metrics",
+         "publish", "store", "events", "http", "sync", "config", "logs", "metrics",
          "status", "daemon", "testing", "demo", "cli"]
 PURE_FORBIDDEN = {"httpx", "anyio", "apsw", "time", "random", "socket", "asyncio", "threading", "sqlite3", "os"}
 

@@ -199,13 +199,24 @@ def https_electric(cert: Path, key: Path) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(data)
 
+        def setup(self) -> None:
+            # The handshake happens here, in the connection's own thread and with a timeout, never in
+            # accept(): a client that rejects our certificate must not stall the accept loop (or shutdown).
+            self.request.settimeout(5)
+            self.request.do_handshake()
+            super().setup()
+
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # refused handshakes are the point of one test
+
+    server = Server(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -241,3 +241,21 @@ def test_threaded_stop_returns_quickly_during_a_long_poll(db: Path) -> None:
         replica.stop()
         assert time.monotonic() - started < 1.0
     assert replica.status()[0].state == "stopped"
+
+
+@pytest.mark.guarantee("R7")
+async def test_an_unexpected_bug_in_one_shape_stops_only_that_shape(db: Path) -> None:
+    fake = make_fake(10)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("table") == "boom":
+            raise RuntimeError("a bug nobody planned for")
+        return await fake.handler(request)
+
+    replica = Replica(db, "http://fake/v1/shape", [Shape("items"), Shape("boom")],
+                      transport=httpx.MockTransport(handler))
+    with pytest.raises(ShapeError, match="internal error"):
+        await replica.run(once=True)
+    states = {s.name: s for s in replica.status()}
+    assert states["boom"].state == "error" and "RuntimeError" in (states["boom"].error or "")
+    assert states["items"].state != "error" and converged(fake, db)
