@@ -142,7 +142,7 @@ class PgCluster:
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bindir / tool), *args]
         if self.run_as is not None:
-            command = ["runuser", "-u", self.run_as, "--", *command]
+            command = [_runuser(), "-u", self.run_as, "--", *command]
         started = time.monotonic()
         done = subprocess.run(command, capture_output=True, text=True, cwd=self.root, timeout=120)
         if done.returncode != 0:
@@ -154,3 +154,11 @@ class PgCluster:
 
     def _remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _runuser() -> str:
+    """runuser lives in /usr/sbin or /sbin, which a minimal PATH (cron, CI, env -i) may lack."""
+    for candidate in (shutil.which("runuser"), "/usr/sbin/runuser", "/sbin/runuser"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise PgClusterError("runuser not found: it is needed to start Postgres as the postgres user when running as root")
