@@ -118,15 +118,15 @@ class Replica:
         self._store = await self._call_store(lambda: Store(self.db_path, overrides=self._overrides))
         self._synced.clear()
         self._reached.clear()
+        client = http.new_client(connections=len(self.shapes), verify=self._verify, transport=self._transport)
         try:
-            async with http.new_client(
-                connections=len(self.shapes), verify=self._verify, transport=self._transport
-            ) as client:
-                with anyio.CancelScope() as self._cancel:
-                    async with anyio.create_task_group() as tg:
-                        for shape in self.shapes:
-                            tg.start_soon(self._isolated, client, shape, once)
+            with anyio.CancelScope() as self._cancel:
+                async with anyio.create_task_group() as tg:
+                    for shape in self.shapes:
+                        tg.start_soon(self._isolated, client, shape, once)
         finally:
+            with anyio.CancelScope(shield=True):  # a cancelled close would leave sockets open
+                await client.aclose()
             for name, state in self._states.items():
                 if state.state != "error":
                     self._states[name] = replace(state, state="stopped")
