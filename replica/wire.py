@@ -115,11 +115,6 @@ class Offset:
 BEFORE_ALL = Offset(-1, 0)
 
 
-def offset_key(text: str) -> tuple[int, float]:
-    """Sort key for an offset string (handy for ``max(..., key=offset_key)``)."""
-    return Offset.parse(text)._sort_key()
-
-
 # --- identifiers and keys ---
 
 _TABLE_PART = re.compile(r'"((?:[^"]|"")*)"|([^".]+)')
@@ -298,11 +293,6 @@ def _parse_change(index: int, item: dict[str, Any], headers: dict[str, Any]) -> 
                 "Electric sends every value as a string or null"
             )
     return Change(operation, key, value, headers)
-
-
-def encode_messages(messages: list[dict[str, Any]]) -> bytes:
-    """Compact JSON for a body (used by the fake server)."""
-    return json.dumps(messages, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # --- secrets never leave the process in text ---

@@ -148,21 +148,25 @@ class _Reader:
     def ident(self) -> str:
         # quote_identifier(): bare when lower-case safe, else "…" with "" doubled.
         if self.take('"'):
-            out = []
-            while True:
-                end = self.text.find('"', self.pos)
-                if end < 0:
-                    raise DecodeError(f"unterminated identifier in {self.text[:120]!r}")
-                out.append(self.text[self.pos : end])
-                self.pos = end + 1
-                if not self.take('"'):
-                    return "".join(out)
-                out.append('"')
+            return self.quoted('"', "identifier")
         match = _UNQUOTED_IDENT.match(self.text, self.pos)
         if match is None:
             raise DecodeError(f"expected an identifier at {self.pos} in {self.text[:120]!r}")
         self.pos = match.end()
         return match.group(0)
+
+    def quoted(self, quote: str, what: str) -> str:
+        """The rest of a quoted token (the opening quote is taken); a doubled quote stands for one."""
+        out = []
+        while True:
+            end = self.text.find(quote, self.pos)
+            if end < 0:
+                raise DecodeError(f"unterminated {what} in {self.text[:120]!r}")
+            out.append(self.text[self.pos : end])
+            self.pos = end + 1
+            if not self.take(quote):
+                return "".join(out)
+            out.append(quote)
 
     def relation(self) -> tuple[str, str]:
         schema = self.ident()
@@ -193,16 +197,7 @@ class _Reader:
 
     def value(self) -> str | None:
         if self.take("'") or self.take("B'"):  # B'0101' for bit and varbit
-            out = []
-            while True:
-                end = self.text.find("'", self.pos)
-                if end < 0:
-                    raise DecodeError(f"unterminated literal in {self.text[:120]!r}")
-                out.append(self.text[self.pos : end])
-                self.pos = end + 1
-                if not self.take("'"):
-                    return "".join(out)
-                out.append("'")
+            return self.quoted("'", "literal")
         end = self.text.find(" ", self.pos)
         end = len(self.text) if end < 0 else end
         token = self.text[self.pos : end]
