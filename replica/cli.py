@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,9 +189,11 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         nonlocal published
         published = True
         if args.verbose:
-            print(f"replica: {applied.name}: {applied.rows} rows", file=sys.stderr)
+            elapsed = time.monotonic() - started
+            print(f"replica: {applied.name}: {applied.rows} rows ({elapsed:.2f} s since the sync began)", file=sys.stderr)
 
     replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit)
+    started = time.monotonic()
     try:
         anyio.run(_run_until_signal, replica, args.once)
     except ShapeError as exc:

@@ -126,6 +126,8 @@ class Commit:
     ``up_to_date`` True: publish everything staged plus ``changes`` in one transaction (R2).
     ``refetch`` True: this commit starts a new snapshot; when it is published it replaces every row
     of the table (the old rows stay visible until then).
+    ``body`` is the response body ``changes`` were parsed from (already validated), so the store
+    may let SQLite read whole-row inserts from it (replica.sqlconvert); empty when there is none.
     """
 
     shape: Shape
@@ -133,6 +135,7 @@ class Commit:
     checkpoint: Checkpoint
     up_to_date: bool
     refetch: bool = False
+    body: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,7 @@ class ShapeLog:
             self._check_keys(changes, schema)
         self._accept_position(response, strict=True, up_to_date=up_to_date)
         self._stale = 0
-        return self._after_data(changes, up_to_date=up_to_date)
+        return self._after_data(changes, up_to_date=up_to_date, body=response.body)
 
     def _check_keys(self, changes: tuple[wire.Change, ...], schema: Mapping[str, Any] | None) -> None:
         if self._relation is None:
@@ -331,24 +334,25 @@ class ShapeLog:
         self.schema = schema
         self._bust = False
 
-    def _after_data(self, changes: tuple[wire.Change, ...], *, up_to_date: bool) -> Commit | None:
+    def _after_data(self, changes: tuple[wire.Change, ...], *, up_to_date: bool, body: bytes = b"") -> Commit | None:
         was_live = self.live
         if up_to_date:
             self.live = True
             if changes or self.staged or self.refetch:
-                return self._commit(changes, up_to_date=True)
+                return self._commit(changes, up_to_date=True, body=body)
             return None  # a quiet long-poll: nothing new to write
         if changes or self.refetch or not was_live:
             # Non-live progress is checkpointed even without rows (e.g. a chunk of just snapshot-end),
             # so a crash mid-snapshot resumes mid-snapshot.
-            return self._commit(changes, up_to_date=False)
+            return self._commit(changes, up_to_date=False, body=body)
         return None
 
-    def _commit(self, changes: tuple[wire.Change, ...], *, up_to_date: bool) -> Commit:
+    def _commit(self, changes: tuple[wire.Change, ...], *, up_to_date: bool, body: bytes = b"") -> Commit:
         # A staging checkpoint is never "up to date": resuming from it goes non-live, and the
         # server's next up-to-date publishes what waits on disk.
         checkpoint = Checkpoint(self.handle, self.offset, self.cursor, self.schema, up_to_date)
-        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch)
+        body = body if changes else b""
+        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch, body=body)
         self.refetch = False
         self.staged = not up_to_date
         return commit

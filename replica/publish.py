@@ -98,8 +98,13 @@ def publish(
         conn.execute(f"DELETE FROM main.{quote_ident(name)}")  # keeps the user's indexes and triggers
     tally = tables.Tally(keep_keys=not refetch)
     writer = tables.TableWriter(conn, name, table_schema)
+    changes = commit.changes
     if stage is not None:
         typed = staging.typed_state(conn, name)
+        if changes and commit.body and typed is not None and typed[1] and typed[0] == staging.layout(table_schema):
+            # The last response of a snapshot joins its stage, so it is copied in SQL with the rest.
+            staging.append_typed(conn, name, changes, table_schema, commit.body)
+            typed, changes = staging.typed_state(conn, name), ()
         if typed is None:
             writer.apply(staging.read(conn, name), tally)  # a raw stage: converted now
         elif typed[0] != staging.layout(table_schema):
@@ -111,7 +116,7 @@ def publish(
             writer.copy_inserts(staging.typed_table(name), tally, keys=staging.read_keys(conn, name))
         else:
             writer.apply(staging.read_typed(conn, name, table_schema.names), tally, converted=True)
-    writer.apply(((c.operation, c.key, c.value) for c in commit.changes), tally)
+    writer.apply(((c.operation, c.key, c.value) for c in changes), tally)
     writer.flush()
     staging.clear(conn, name)
     rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])

@@ -77,11 +77,19 @@ def check_keys(changes: Sequence[wire.Change], schema: Mapping[str, Any] | None,
     if not pk:
         return
     schema_name, table = relation
+    prefix = wire.relation_key_prefix(schema_name, table) + "/"
+    single = pk[0] if len(pk) == 1 else None
     for index, change in enumerate(changes):
-        values = [change.value.get(column) for column in pk]
-        if None in values:
-            continue
-        expected = wire.build_key(schema_name, table, values)  # type: ignore[arg-type]
+        if single is not None:  # the common case, without building a list per change
+            text = change.value.get(single)
+            if text is None:
+                continue
+            expected = prefix + '"' + text.replace("/", "//") + '"'
+        else:
+            values = [change.value.get(column) for column in pk]
+            if None in values:
+                continue
+            expected = wire.build_key(schema_name, table, values)  # type: ignore[arg-type]
         if change.key != expected:
             raise ProtocolError(
                 f"message {index}: key {clip(change.key)} does not match its primary key "

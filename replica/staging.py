@@ -19,7 +19,7 @@ from typing import Any
 
 import apsw
 
-from replica import wire
+from replica import sqlconvert, wire
 from replica.protocol import Commit
 from replica.schema import TableSchema, quote_ident
 from replica.wire import Change
@@ -48,6 +48,7 @@ __all__ = [
 
 _READ_BATCH = 1000
 _STAGE_BATCH = 5000
+_BULK_MIN = 100  # fewer changes than this are quicker in Python than parsing the body again
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,16 @@ def create_typed(conn: apsw.Connection, name: str, schema: TableSchema) -> None:
                  (layout(schema), "simple"))
 
 
-def append_typed(conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema) -> int:
-    """Convert ``changes`` (ProtocolError names a bad value) and stage them after those staged."""
+def append_typed(
+    conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema, body: bytes = b""
+) -> int:
+    """Convert ``changes`` (ProtocolError names a bad value) and stage them after those staged.
+
+    ``body`` is the response they were parsed from: when every change is a whole-row insert,
+    SQLite reads and converts them from it (``_append_bulk``); otherwise, or if that fails, Python does.
+    """
+    if body and _append_bulk(conn, name, changes, schema, body):
+        return len(changes)
     names = schema.names
     width = len(names)
     index = {column: i for i, column in enumerate(names)}
@@ -278,6 +287,44 @@ def append_typed(conn: apsw.Connection, name: str, changes: Sequence[Change], sc
     if not simple:
         conn.execute(f'UPDATE main.{typed_table(name)} SET "present" = NULL WHERE "seq" = 0')
     return len(changes)
+
+
+def _append_bulk(
+    conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema, body: bytes
+) -> bool:
+    """Stage ``changes`` with one INSERT … SELECT over ``body``; False (nothing written) if it cannot.
+
+    Only for bodies of whole-row inserts without ``\\u`` escapes (a lone surrogate or NUL would
+    read differently in SQLite). Any failure — a value only the Python converters can judge
+    refusing, a count that does not match, a NULL key — rolls back, and the Python path takes
+    over and names the problem.
+    """
+    names = set(schema.names)
+    if len(changes) < _BULK_MIN or b"\\u" in body:
+        return False
+    if not all(c.operation == wire.INSERT and c.value.keys() == names for c in changes):
+        return False
+    select = sqlconvert.bulk_select_sql(schema, lead="0, ")
+    if select is None:
+        return False
+    table = typed_table(name)
+    columns = "".join(f', "c{i}"' for i in range(len(schema.names)))
+    keys = " OR ".join(f'"c{schema.names.index(c)}" IS NULL' for c in schema.pk) if schema.keyed else "0"
+    conn.execute("SAVEPOINT _replica_bulk")
+    try:
+        last = conn.execute(f'SELECT max("seq") FROM main.{table}').fetchone()[0]
+        conn.execute(f'INSERT INTO main.{table} ("op", "key"{columns}) {select}',
+                     (body.decode("utf-8"),))
+        if conn.changes() != len(changes):
+            raise ValueError("the body holds other changes than were parsed")
+        if conn.execute(f'SELECT 1 FROM main.{table} WHERE "seq" > ? AND ({keys}) LIMIT 1', (last,)).fetchone():
+            raise ValueError("a row without its primary key")
+    except Exception:  # the Python path is the reference: it reports what is wrong
+        conn.execute("ROLLBACK TO _replica_bulk")
+        return False
+    finally:
+        conn.execute("RELEASE _replica_bulk")
+    return True
 
 
 def _insert_typed(conn: apsw.Connection, name: str, width: int, params: list[tuple[Any, ...]]) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import apsw
 
-from replica import staging, tables
+from replica import sqlconvert, staging, tables
 from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
 from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol import Checkpoint, Commit, Shape
@@ -82,6 +82,7 @@ class Store:
                 "use a local filesystem (WAL does not work over network filesystems)"
             )
         conn.pragma("synchronous", "NORMAL")
+        conn.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
 
     # --- reading positions ---
 
@@ -150,7 +151,7 @@ class Store:
             typed = (staging.layout(table_schema), True)
         if typed is not None and table_schema is not None:
             self._check_layout(name, typed[0], table_schema)
-            added = staging.append_typed(conn, name, commit.changes, table_schema)
+            added = staging.append_typed(conn, name, commit.changes, table_schema, commit.body)
         else:
             # A stage begun without a schema (or by an older version) stays raw: converted at publish,
             # and once now, so a bad value is reported with its response.

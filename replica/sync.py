@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 import httpx
@@ -28,6 +29,7 @@ from replica.backoff import Backoff, parse_retry_after
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
 from replica.protocol import Checkpoint, Shape, ShapeLog
 from replica.events import ShapeState, SyncEvent
+from replica.inflight import InFlight
 from replica.store import Applied, Store
 
 __all__ = ["Replica", "ShapeState", "SyncEvent"]
@@ -222,7 +224,19 @@ class Replica:
             self._set(shape.local_name, state="error", error=message)
 
     async def _follow(self, client: httpx.AsyncClient, shape: Shape, once: bool) -> None:
+        try:
+            async with anyio.create_task_group() as staging:  # at most one staging step behind the fetch
+                await self._follow_log(client, shape, once, staging)
+        except BaseExceptionGroup as group:  # InFlight keeps its errors: only the loop's own can be here
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _follow_log(
+        self, client: httpx.AsyncClient, shape: Shape, once: bool, staging: anyio.abc.TaskGroup
+    ) -> None:
         name = shape.local_name
+        pending: InFlight | None = None
         self._set(name, state="connecting")
         checkpoint = await self._call_store(self._require_store().checkpoint, shape)
         shape_log = self._new_log(shape, checkpoint, once)
@@ -248,7 +262,15 @@ class Replica:
                 if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
                     self._observe("refetch", name)
                 attempt = 0
-                if commit is not None:
+                if pending is not None:  # the previous staging step first: one writer, log order
+                    applied, pending = await pending.result(), None
+                    self._observe("commit", name, applied=applied)
+                if commit is not None and not commit.up_to_date:
+                    # Stage in the writer thread while the next response downloads (SQLite runs
+                    # without the GIL); its errors surface before anything else is written.
+                    pending = InFlight()
+                    staging.start_soon(pending.run, self._call_store, self._require_store().apply, commit)
+                elif commit is not None:
                     applied = await self._call_store(self._require_store().apply, commit)
                     self._observe("commit", name, applied=applied)
                     if applied.published:
@@ -263,12 +285,17 @@ class Replica:
                         await anyio.sleep(self._backoff.delay(auth_retries))
                         auth_retries += 1
                         continue
+                if pending is not None:
+                    await pending.settle()
                 message = self._redact(str(exc))
                 log.error("shape %s stopped: %s", name, message)
                 self._set(name, state="error", error=message)
                 await self._call_store(self._require_store().set_state, name, "error", message)
                 return
             except (TransientError, ProtocolError, StoreError) as exc:
+                if pending is not None and not isinstance(exc, TransientError):
+                    await pending.settle()  # the log restarts from the store, so let it finish first
+                    pending = None
                 retry_after = None
                 if isinstance(exc, ServerBusy):
                     retry_after = exc.retry_after

@@ -4,7 +4,8 @@
 
 Loopback only. Datasets (data.py): ``narrow`` (~150 B rows) and ``wide`` (~1 KB rows), pre-encoded
 once into bench-results/data/ and served by static_server.py (no work per request). Measures:
-  initial   `replica sync --once` wall time (process start to exit) and peak RSS, 100k rows
+  initial   `replica sync --once`: sync start to commit (its --verbose timer, as the peers time
+            themselves; the process wall time is recorded too) and peak RSS, 100k rows
             (and 1M with --full); the ceiling (ceiling.py, best in-process variant); the peers
             (@electric-sql/client Shape, pglite-sync into PGlite) from the same server
   live      server release -> row committed (replica) / subscriber callback (TS client), 500 changes
@@ -20,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -46,8 +48,10 @@ DDL = {
 }
 
 
-def run_rss(cmd: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB of the child, its stdout)."""
+def run_rss(
+    cmd: list[str], timeout: float = 1800, env: dict[str, str] | None = None
+) -> tuple[float, float, str, str]:
+    """(wall seconds, peak RSS MB of the child, its stdout, its stderr)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
@@ -66,7 +70,7 @@ def run_rss(cmd: list[str], timeout: float = 1800, env: dict[str, str] | None = 
         err.seek(0)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {err.read()[-2000:]}")
-        return elapsed, usage.ru_maxrss / 1024, out.read()
+        return elapsed, usage.ru_maxrss / 1024, out.read(), err.read()
 
 
 class Server:
@@ -96,13 +100,18 @@ def initial(name: str, rows: int, peers: bool, tmp: Path) -> dict[str, Any]:
                               "bytes_per_row": round(index["bytes"] / rows)}
     try:
         db = tmp / f"{name}-{rows}.db"
-        seconds, rss, _ = run_rss([PY, "-m", "replica", "sync", server.first, "--table", name, "--db", str(db), "--once"])
+        wall, rss, _, err = run_rss(
+            [PY, "-m", "replica", "sync", server.first, "--table", name, "--db", str(db), "--once", "--verbose"]
+        )
+        # Like the peers' own timers: from the start of the sync to the commit (no interpreter start-up).
+        seconds = float(re.findall(r"\(([0-9.]+) s since the sync began\)", err)[-1])
         conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
         count = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
         conn.close()
         assert count == rows, (count, rows)
-        result["replica"] = {"seconds": round(seconds, 2), "rows_per_s": round(rows / seconds), "peak_rss_mb": round(rss, 1)}
-        _, _, out = run_rss([PY, str(HERE / "ceiling.py"), str(folder)])
+        result["replica"] = {"seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+                             "process_seconds": round(wall, 2), "peak_rss_mb": round(rss, 1)}
+        _, _, out, _ = run_rss([PY, str(HERE / "ceiling.py"), str(folder)])
         ceiling = json.loads(out)
         result["ceiling"] = ceiling
         result["ceiling_rows_per_s"] = ceiling[ceiling["best"]]
@@ -114,7 +123,7 @@ def initial(name: str, rows: int, peers: bool, tmp: Path) -> dict[str, Any]:
                 # pglite-sync's fastest initial insert is csv; it fails on some rows (wide), then insert.
                 for method in ("csv", "insert") if peer == "pglite" else ("-",):
                     try:
-                        wall, rss, out = run_rss(cmd, timeout=900, env={"PGLITE_INSERT": method})
+                        wall, rss, out, _ = run_rss(cmd, timeout=900, env={"PGLITE_INSERT": method})
                         break
                     except RuntimeError as exc:
                         print(f"  {peer} ({method}) failed: {str(exc).splitlines()[-1][:200]}")
@@ -211,14 +220,15 @@ def facts() -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = ["| dataset | rows | replica rows/s | peak RSS MB | ceiling rows/s | replica/ceiling | TS client rows/s | "
-             "pglite-sync rows/s | replica/pglite |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| dataset | rows | replica rows/s | replica process s | peak RSS MB | ceiling rows/s | replica/ceiling | TS client rows/s | "
+             "pglite-sync rows/s | replica/pglite |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["initial"]:
         rep, ceil = r["replica"]["rows_per_s"], r["ceiling_rows_per_s"]
         client = r.get("client", {}).get("rows_per_s")
         pglite = r.get("pglite", {}).get("rows_per_s")
         lines.append(
-            f"| {r['dataset']} ({r['bytes_per_row']} B/msg) | {r['rows']:,} | {rep:,} | {r['replica']['peak_rss_mb']} | "
+            f"| {r['dataset']} ({r['bytes_per_row']} B/msg) | {r['rows']:,} | {rep:,} | "
+            f"{r['replica'].get('process_seconds', '-')} | {r['replica']['peak_rss_mb']} | "
             f"{ceil:,} ({r['ceiling']['best']}) | {rep / ceil:.2f} | {client or '-':,} | {pglite or '-':,} | "
             f"{(rep / pglite) if pglite else float('nan'):.2f} |"
         )

@@ -1,0 +1,168 @@
+"""The type map in SQL (replica.sqlconvert) stores exactly what the Python converters store.
+
+Per value: any text, in any column type, gives the same stored value (type and bits) or the same
+refusal both ways. Per table: a snapshot staged from the raw body (the bulk path) publishes the
+same rows as one staged from parsed changes, and a bad value in a bulk body is reported by the
+Python path, naming the column, with nothing staged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any
+
+import apsw
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replica import sqlconvert, staging
+from replica.errors import ProtocolError
+from replica.protocol import Checkpoint, Commit, Shape
+from replica.schema import Column
+from replica.store import Store
+from replica.wire import Change, build_key
+
+PROPS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+
+COLUMNS = [
+    Column("c", t, dims, override=o)
+    for t, dims, o in [
+        ("int2", 0, None), ("int4", 0, None), ("int8", 0, None), ("float4", 0, None), ("float8", 0, None),
+        ("bool", 0, None), ("numeric", 0, None), ("numeric", 0, "real"), ("int8", 0, "text"),
+        ("timestamptz", 0, None), ("timestamp", 0, None), ("timetz", 0, None), ("date", 0, None),
+        ("text", 0, None), ("uuid", 0, None), ("jsonb", 0, None), ("bytea", 0, None),
+        ("text", 1, None), ("varchar", 1, None), ("int4", 1, None), ("text", 2, None), ("bool", 1, None),
+    ]
+]
+
+_words = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters='"\\{},'),
+                 min_size=1, max_size=6)
+_stamp = st.builds(
+    lambda y, mo, d, h, mi, s, frac, sep, tz: f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{frac}{tz}",
+    st.integers(0, 9999), st.integers(1, 12), st.integers(1, 28), st.integers(0, 23), st.integers(0, 59),
+    st.integers(0, 59), st.sampled_from(["", ".5", ".123456", ".1234567", "."]), st.sampled_from([" ", "T", "  "]),
+    st.sampled_from(["+00", "+00:00", "-05", "+05:30", "", "+00 BC", "+0"]),
+)
+TEXTS = st.one_of(
+    st.text(max_size=12),
+    st.integers(-(2**64), 2**64).map(str),
+    st.sampled_from(["0", "-0", "+1", "01", " 1", "1 ", "1e3", "1.", ".5", "NaN", "Infinity", "-Infinity", "nan",
+                     "t", "f", "true", "false", "TRUE", "1", "{}", "{NULL}", "{null}", "{a,NULL}", "{,}", "{a,}",
+                     '{"a b",c}', "{{a,b},{c,d}}", "\\x0aff", "\\x0", "٣", "1\u00a0", "{a\u00a0b}"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f).replace("e+", "e")),
+    _stamp,
+    st.lists(_words, max_size=4).map(lambda items: "{" + ",".join(items) + "}"),
+)
+
+
+def stored(conn: apsw.Connection, sql: str, args: tuple[Any, ...]) -> tuple[str, Any] | type[Exception]:
+    """(SQLite type, value with float bits) as SQLite stores it, or the class of the error."""
+    try:
+        conn.execute("DELETE FROM t")
+        conn.execute(f"INSERT INTO t VALUES ({sql})", args)
+    except Exception as exc:  # noqa: BLE001 - the class is what both paths must agree on
+        return ValueError if isinstance(exc, (ValueError, TypeError, RecursionError)) else type(exc)
+    kind, value = conn.execute("SELECT typeof(v), v FROM t").fetchone()
+    if isinstance(value, float):
+        value = struct.pack("<d", value) if not math.isnan(value) else "nan"
+    return kind, value
+
+
+@pytest.fixture(scope="module")
+def conn() -> apsw.Connection:
+    db = apsw.Connection(":memory:")
+    db.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
+    db.execute("CREATE TABLE t (v)")  # no affinity: values stay as bound or computed
+    return db
+
+
+@PROPS
+@given(column=st.sampled_from(COLUMNS), text=st.one_of(st.none(), TEXTS))
+def test_sql_stores_what_python_stores(conn: apsw.Connection, column: Column, text: str | None) -> None:
+    try:
+        expected_value = None if text is None else column.converter()(text)
+    except (ValueError, TypeError, RecursionError):
+        expected: Any = ValueError
+    else:
+        expected = stored(conn, "?1", (expected_value,))
+    assert stored(conn, sqlconvert.column_sql(column, "?1"), (text,)) == expected, (column, text)
+
+
+# --- whole tables: the bulk path against the Python path, through the store ---
+
+SCHEMA = {
+    "id": {"type": "int8", "pk_index": 0, "not_null": True}, "name": {"type": "text"}, "flag": {"type": "bool"},
+    "amount": {"type": "numeric"}, "at": {"type": "timestamptz"}, "score": {"type": "float8"},
+    "tags": {"type": "text", "dims": 1}, "doc": {"type": "jsonb"}, "odd name ü": {"type": "int4"},
+}
+_cell = {
+    "name": st.one_of(st.none(), st.text(max_size=8)), "flag": st.sampled_from([None, "t", "f", "true", "false"]),
+    "amount": st.sampled_from([None, "1.50", "-0.01", "NaN"]), "at": st.one_of(st.none(), _stamp),
+    "score": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False).map(repr),
+                       st.sampled_from(["NaN", "-Infinity", "1e-320"])),
+    "tags": st.one_of(st.none(), st.lists(_words, max_size=3).map(lambda i: "{" + ",".join(i) + "}"),
+                      st.just('{"a b",NULL}')),
+    "doc": st.sampled_from([None, '{"a": [1, 2]}', "[]", '"x"']),
+    "odd name ü": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1).map(str)),
+}
+rows = st.lists(st.fixed_dictionaries(_cell), min_size=staging._BULK_MIN, max_size=staging._BULK_MIN + 40)
+
+
+def snapshot(db: str, values: list[dict[str, str | None]], with_body: bool, last: int = 7) -> list[tuple[Any, ...]]:
+    changes = tuple(
+        Change("insert", build_key("public", "items", [v["id"] or ""]), v, {"operation": "insert"}) for v in values
+    )
+    shape = Shape("items")
+    with Store(db) as store:
+        for part, up_to_date in ((changes[:-last], False), (changes[-last:], True)):
+            checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, SCHEMA, up_to_date)
+            part_body = json.dumps([{"key": c.key, "value": c.value, "headers": c.headers} for c in part],
+                                   ensure_ascii=False).encode()
+            store.apply(Commit(shape, part, checkpoint, up_to_date, body=part_body if with_body else b""))
+        table = store.connection.execute(
+            'SELECT typeof(id), id, name, flag, amount, "at", typeof(score), quote(score), tags, doc, "odd name ü" '
+            "FROM items ORDER BY id"
+        ).fetchall()
+    return table
+
+
+@settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(values=rows)
+def test_bulk_snapshot_equals_python_snapshot(tmp_path_factory: pytest.TempPathFactory, values: list[dict]) -> None:
+    values = [{"id": str(i), **v} for i, v in enumerate(values)]
+    folder = tmp_path_factory.mktemp("bulk")
+    assert snapshot(str(folder / "bulk.db"), values, True) == snapshot(str(folder / "python.db"), values, False)
+
+
+def test_bulk_path_is_taken(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[bool] = []
+    real = staging._append_bulk
+    monkeypatch.setattr(staging, "_append_bulk", lambda *a: taken.append(real(*a)) or taken[-1])
+    values = [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": "2024-01-02 03:04:05.5+00",
+               "score": "1.5", "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(300)]
+    snapshot(str(tmp_path / "a.db"), values, True, last=150)
+    assert taken == [True, True]  # the stage, then the last response joining it at publish
+
+
+def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[bool] = []
+    real = staging._append_bulk
+    monkeypatch.setattr(staging, "_append_bulk", lambda *a: taken.append(real(*a)) or taken[-1])
+    values = [{"id": str(i), "name": "x", "flag": "t", "amount": None, "at": None, "score": "1", "tags": None,
+               "doc": None, "odd name ü": "1"} for i in range(200)]
+    values[150]["odd name ü"] = "12abc"
+    changes = tuple(
+        Change("insert", build_key("public", "items", [v["id"]]), v, {"operation": "insert"}) for v in values
+    )
+    body = json.dumps([{"key": c.key, "value": c.value, "headers": c.headers} for c in changes],
+                      ensure_ascii=False).encode()
+    with Store(str(tmp_path / "db")) as store:
+        with pytest.raises(ProtocolError, match="column 'odd name ü' \\(int4\\): cannot store '12abc'"):
+            store.apply(Commit(Shape("items"), changes, Checkpoint("h", "0_0", None, SCHEMA, False), False, body=body))
+        assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_rows_%'"
+                                        ).fetchone()[0] == 0
+    assert taken == [False]  # SQLite tried, the Python converter refused the value, SQLite rolled back
