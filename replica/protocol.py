@@ -9,11 +9,11 @@ No httpx, anyio, apsw, time or random here: the caller passes in a cache buster.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from replica import replies, wire
+from replica import inserts, replies, wire
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
 from replica.schema import TableSchema
 
@@ -126,16 +126,15 @@ class Commit:
     ``up_to_date`` True: publish everything staged plus ``changes`` in one transaction (R2).
     ``refetch`` True: this commit starts a new snapshot; when it is published it replaces every row
     of the table (the old rows stay visible until then).
-    ``body`` is the response body ``changes`` were parsed from (already validated), so the store
-    may let SQLite read whole-row inserts from it (replica.sqlconvert); empty when there is none.
+    ``changes`` is a ``inserts.BodyChanges`` when the response was at least ``WHOLE_BODY_BYTES`` of
+    whole-row inserts: validated, kept as the body for SQLite to read.
     """
 
     shape: Shape
-    changes: tuple[wire.Change, ...]
+    changes: Sequence[wire.Change]
     checkpoint: Checkpoint
     up_to_date: bool
     refetch: bool = False
-    body: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -157,6 +156,9 @@ class Response:
 
 # --- the state machine ---
 
+# Bodies this big of nothing but whole-row inserts (snapshot chunks) are validated without building
+# a Change per row and handed on as the body itself (inserts.BodyChanges), which the store lets SQLite read.
+WHOLE_BODY_BYTES = 16 * 1024
 STALE_RETRY_LIMIT = 3  # stale cached responses in a row before giving up to the caller's backoff
 
 
@@ -267,25 +269,33 @@ class ShapeLog:
             self._bump_cache_buster()
             return None
         # Validate everything before changing any state: a bad response is retried at the same offset.
-        messages = wire.parse_body(response.body)
-        up_to_date = False
-        for index, message in enumerate(messages):
-            if isinstance(message, wire.Control) and message.control == wire.UP_TO_DATE:
-                if index != len(messages) - 1:
-                    raise ProtocolError("up-to-date must be the last message of a response")
-                up_to_date = True
-        changes = tuple(m for m in messages if isinstance(m, wire.Change))
-        if changes:
-            schema = self.schema if self.schema is not None else replies.peek_schema(response.headers)
-            self._check_keys(changes, schema)
+        schema = self.schema if self.schema is not None else replies.peek_schema(response.headers)
+        whole = None
+        if schema and len(response.body) >= WHOLE_BODY_BYTES:
+            whole = inserts.parse_whole_inserts(response.body, tuple(schema))
+        if whole is not None:
+            replies.check_row_keys(whole, schema, self._table())
+            changes: Sequence[wire.Change] = whole.changes  # the body itself: SQLite reads it
+            up_to_date = whole.up_to_date
+        else:
+            messages = wire.parse_body(response.body)
+            up_to_date = False
+            for index, message in enumerate(messages):
+                if isinstance(message, wire.Control) and message.control == wire.UP_TO_DATE:
+                    if index != len(messages) - 1:
+                        raise ProtocolError("up-to-date must be the last message of a response")
+                    up_to_date = True
+            changes = tuple(m for m in messages if isinstance(m, wire.Change))
+            if changes:
+                replies.check_keys(changes, schema, self._table())
         self._accept_position(response, strict=True, up_to_date=up_to_date)
         self._stale = 0
-        return self._after_data(changes, up_to_date=up_to_date, body=response.body)
+        return self._after_data(changes, up_to_date=up_to_date)
 
-    def _check_keys(self, changes: tuple[wire.Change, ...], schema: Mapping[str, Any] | None) -> None:
+    def _table(self) -> tuple[str, str]:
         if self._relation is None:
             self._relation = wire.parse_table(self.shape.table)
-        replies.check_keys(changes, schema, self._relation)
+        return self._relation
 
     def _accept_position(self, response: Response, *, strict: bool, up_to_date: bool) -> None:
         headers = response.headers
@@ -334,25 +344,24 @@ class ShapeLog:
         self.schema = schema
         self._bust = False
 
-    def _after_data(self, changes: tuple[wire.Change, ...], *, up_to_date: bool, body: bytes = b"") -> Commit | None:
+    def _after_data(self, changes: Sequence[wire.Change], *, up_to_date: bool) -> Commit | None:
         was_live = self.live
         if up_to_date:
             self.live = True
             if changes or self.staged or self.refetch:
-                return self._commit(changes, up_to_date=True, body=body)
+                return self._commit(changes, up_to_date=True)
             return None  # a quiet long-poll: nothing new to write
         if changes or self.refetch or not was_live:
             # Non-live progress is checkpointed even without rows (e.g. a chunk of just snapshot-end),
             # so a crash mid-snapshot resumes mid-snapshot.
-            return self._commit(changes, up_to_date=False, body=body)
+            return self._commit(changes, up_to_date=False)
         return None
 
-    def _commit(self, changes: tuple[wire.Change, ...], *, up_to_date: bool, body: bytes = b"") -> Commit:
+    def _commit(self, changes: Sequence[wire.Change], *, up_to_date: bool) -> Commit:
         # A staging checkpoint is never "up to date": resuming from it goes non-live, and the
         # server's next up-to-date publishes what waits on disk.
         checkpoint = Checkpoint(self.handle, self.offset, self.cursor, self.schema, up_to_date)
-        body = body if changes else b""
-        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch, body=body)
+        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch)
         self.refetch = False
         self.staged = not up_to_date
         return commit

@@ -20,7 +20,7 @@ from typing import Any
 
 import apsw
 
-from replica import staging, tables, wire
+from replica import inserts, staging, tables, wire
 from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol import Commit
 from replica.schema import TableSchema, quote_ident
@@ -101,9 +101,10 @@ def publish(
     changes = commit.changes
     if stage is not None:
         typed = staging.typed_state(conn, name)
-        if changes and commit.body and typed is not None and typed[1] and typed[0] == staging.layout(table_schema):
+        simple = typed is not None and typed[1] and typed[0] == staging.layout(table_schema)
+        if isinstance(changes, inserts.BodyChanges) and simple:
             # The last response of a snapshot joins its stage, so it is copied in SQL with the rest.
-            staging.append_typed(conn, name, changes, table_schema, commit.body)
+            staging.append_typed(conn, name, changes, table_schema, keys=not refetch)
             typed, changes = staging.typed_state(conn, name), ()
         if typed is None:
             writer.apply(staging.read(conn, name), tally)  # a raw stage: converted now

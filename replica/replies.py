@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from replica import wire
+from replica.inserts import WholeInserts
 from replica.errors import ProtocolError
 
 __all__ = [
@@ -91,10 +92,35 @@ def check_keys(changes: Sequence[wire.Change], schema: Mapping[str, Any] | None,
                 continue
             expected = wire.build_key(schema_name, table, values)  # type: ignore[arg-type]
         if change.key != expected:
-            raise ProtocolError(
-                f"message {index}: key {clip(change.key)} does not match its primary key "
-                f"{clip(expected)}; the server and the shape disagree about which row it changes"
-            )
+            _mismatch(index, change.key, expected)
+
+
+def check_row_keys(inserts: WholeInserts, schema: Mapping[str, Any], relation: tuple[str, str]) -> None:
+    """``check_keys`` for a body of whole-row inserts (rows hold column i as attribute ``f<i>``)."""
+    pk = pk_columns(schema)
+    if not pk:
+        return
+    position = {name: i for i, name in enumerate(schema)}
+    fields = [f"f{position[column]}" for column in pk]
+    if len(fields) == 1:
+        field = fields[0]
+        prefix = wire.relation_key_prefix(*relation) + '/"'
+        for index, (key, row) in enumerate(zip(inserts.keys, inserts.rows, strict=True)):
+            text = getattr(row, field)
+            if text is not None and key != prefix + text.replace("/", "//") + '"':
+                _mismatch(index, key, prefix + text.replace("/", "//") + '"')
+        return
+    for index, (key, row) in enumerate(zip(inserts.keys, inserts.rows, strict=True)):
+        values = [getattr(row, field) for field in fields]
+        if None not in values and key != (expected := wire.build_key(*relation, values)):
+            _mismatch(index, key, expected)
+
+
+def _mismatch(index: int, key: str, expected: str) -> None:
+    raise ProtocolError(
+        f"message {index}: key {clip(key)} does not match its primary key "
+        f"{clip(expected)}; the server and the shape disagree about which row it changes"
+    )
 
 
 def peek_schema(headers: Mapping[str, str]) -> Mapping[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import apsw
 
-from replica import sqlconvert, wire
+from replica import inserts, sqlconvert, wire
 from replica.protocol import Commit
 from replica.schema import TableSchema, quote_ident
 from replica.wire import Change
@@ -48,7 +48,6 @@ __all__ = [
 
 _READ_BATCH = 1000
 _STAGE_BATCH = 5000
-_BULK_MIN = 100  # fewer changes than this are quicker in Python than parsing the body again
 
 
 @dataclass(frozen=True)
@@ -247,14 +246,15 @@ def create_typed(conn: apsw.Connection, name: str, schema: TableSchema) -> None:
 
 
 def append_typed(
-    conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema, body: bytes = b""
+    conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema, *, keys: bool = True
 ) -> int:
     """Convert ``changes`` (ProtocolError names a bad value) and stage them after those staged.
 
-    ``body`` is the response they were parsed from: when every change is a whole-row insert,
-    SQLite reads and converts them from it (``_append_bulk``); otherwise, or if that fails, Python does.
+    An ``inserts.BodyChanges`` (only whole-row inserts) is read and converted by SQLite from its
+    body (``_append_bulk``); other changes, or if that fails, by Python. ``keys`` False: the
+    message keys are not needed (a refetch reports none) and SQLite need not copy them.
     """
-    if body and _append_bulk(conn, name, changes, schema, body):
+    if isinstance(changes, inserts.BodyChanges) and _append_bulk(conn, name, changes, schema, keys):
         return len(changes)
     names = schema.names
     width = len(names)
@@ -290,26 +290,23 @@ def append_typed(
 
 
 def _append_bulk(
-    conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema, body: bytes
+    conn: apsw.Connection, name: str, changes: inserts.BodyChanges, schema: TableSchema, keys: bool
 ) -> bool:
-    """Stage ``changes`` with one INSERT … SELECT over ``body``; False (nothing written) if it cannot.
+    """Stage ``changes`` with one INSERT … SELECT over their body; False (nothing written) if it cannot.
 
-    Only for bodies of whole-row inserts without ``\\u`` escapes (a lone surrogate or NUL would
-    read differently in SQLite). Any failure — a value only the Python converters can judge
-    refusing, a count that does not match, a NULL key — rolls back, and the Python path takes
-    over and names the problem.
+    Not for bodies with ``\\u`` escapes (a lone surrogate or NUL would read differently in
+    SQLite). Any failure — a value only the Python converters can judge refusing, a count that
+    does not match, a NULL key — rolls back, and the Python path takes over and names the problem.
     """
-    names = set(schema.names)
-    if len(changes) < _BULK_MIN or b"\\u" in body:
+    body = changes.body
+    if changes.columns != frozenset(schema.names) or b"\\u" in body:
         return False
-    if not all(c.operation == wire.INSERT and c.value.keys() == names for c in changes):
-        return False
-    select = sqlconvert.bulk_select_sql(schema, lead="0, ")
+    select = sqlconvert.bulk_select_sql(schema, lead="0, ", keys=keys)
     if select is None:
         return False
     table = typed_table(name)
     columns = "".join(f', "c{i}"' for i in range(len(schema.names)))
-    keys = " OR ".join(f'"c{schema.names.index(c)}" IS NULL' for c in schema.pk) if schema.keyed else "0"
+    null_key = " OR ".join(f'"c{schema.names.index(c)}" IS NULL' for c in schema.pk) if schema.keyed else "0"
     conn.execute("SAVEPOINT _replica_bulk")
     try:
         last = conn.execute(f'SELECT max("seq") FROM main.{table}').fetchone()[0]
@@ -317,7 +314,7 @@ def _append_bulk(
                      (body.decode("utf-8"),))
         if conn.changes() != len(changes):
             raise ValueError("the body holds other changes than were parsed")
-        if conn.execute(f'SELECT 1 FROM main.{table} WHERE "seq" > ? AND ({keys}) LIMIT 1', (last,)).fetchone():
+        if conn.execute(f'SELECT 1 FROM main.{table} WHERE "seq" > ? AND ({null_key}) LIMIT 1', (last,)).fetchone():
             raise ValueError("a row without its primary key")
     except Exception:  # the Python path is the reference: it reports what is wrong
         conn.execute("ROLLBACK TO _replica_bulk")

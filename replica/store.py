@@ -151,7 +151,7 @@ class Store:
             typed = (staging.layout(table_schema), True)
         if typed is not None and table_schema is not None:
             self._check_layout(name, typed[0], table_schema)
-            added = staging.append_typed(conn, name, commit.changes, table_schema, commit.body)
+            added = staging.append_typed(conn, name, commit.changes, table_schema, keys=not stage.refetch)
         else:
             # A stage begun without a schema (or by an older version) stays raw: converted at publish,
             # and once now, so a bad value is reported with its response.

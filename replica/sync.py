@@ -1,6 +1,6 @@
 """The sync loop: follow each shape's log over HTTP and apply it to SQLite.
 
-``Replica`` supervises one follow task per shape, a shared httpx client and the single writer.
+``Replica`` supervises one follow task and httpx client per shape, and the single writer.
 Use it from asyncio (``async with Replica(...)`` / ``await replica.run()``) or from threaded code
 (``start()`` / ``wait_until_synced()`` / ``stop()``, which run the loop in a background thread).
 """
@@ -120,15 +120,19 @@ class Replica:
         self._store = await self._call_store(lambda: Store(self.db_path, overrides=self._overrides))
         self._synced.clear()
         self._reached.clear()
-        client = http.new_client(connections=len(self.shapes), verify=self._verify, transport=self._transport)
+        # One client per shape (see http.new_client), sharing TLS settings; an injected transport is shared.
+        tls = http.tls_context(self._verify) if self._transport is None else None
+        shared = http.new_client(connections=len(self.shapes), transport=self._transport) if self._transport else None
+        clients = [shared or http.new_client(tls=tls) for _ in self.shapes]
         try:
             with anyio.CancelScope() as self._cancel:
                 async with anyio.create_task_group() as tg:
-                    for shape in self.shapes:
+                    for shape, client in zip(self.shapes, clients, strict=True):
                         tg.start_soon(self._isolated, client, shape, once)
         finally:
             with anyio.CancelScope(shield=True):  # a cancelled close would leave sockets open
-                await client.aclose()
+                for client in {id(c): c for c in clients}.values():
+                    await client.aclose()
             for name, state in self._states.items():
                 if state.state != "error":
                     self._states[name] = replace(state, state="stopped")

@@ -23,6 +23,7 @@ from replica.errors import ProtocolError
 from replica.protocol import Checkpoint, Commit, Shape
 from replica.schema import Column
 from replica.store import Store
+from replica.inserts import BodyChanges
 from replica.wire import Change, build_key
 
 PROPS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -109,10 +110,16 @@ _cell = {
     "doc": st.sampled_from([None, '{"a": [1, 2]}', "[]", '"x"']),
     "odd name ü": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1).map(str)),
 }
-rows = st.lists(st.fixed_dictionaries(_cell), min_size=staging._BULK_MIN, max_size=staging._BULK_MIN + 40)
+rows = st.lists(st.fixed_dictionaries(_cell), min_size=100, max_size=140)
 
 
-def snapshot(db: str, values: list[dict[str, str | None]], with_body: bool, last: int = 7) -> list[tuple[Any, ...]]:
+def body_of(changes: tuple[Change, ...]) -> bytes:
+    return json.dumps([{"key": c.key, "value": c.value, "headers": c.headers} for c in changes],
+                      ensure_ascii=False).encode()
+
+
+def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: int = 7) -> list[tuple[Any, ...]]:
+    """Stage all but ``last`` values, then publish; ``whole``: as the protocol hands on big bodies."""
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"] or ""]), v, {"operation": "insert"}) for v in values
     )
@@ -120,9 +127,8 @@ def snapshot(db: str, values: list[dict[str, str | None]], with_body: bool, last
     with Store(db) as store:
         for part, up_to_date in ((changes[:-last], False), (changes[-last:], True)):
             checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, SCHEMA, up_to_date)
-            part_body = json.dumps([{"key": c.key, "value": c.value, "headers": c.headers} for c in part],
-                                   ensure_ascii=False).encode()
-            store.apply(Commit(shape, part, checkpoint, up_to_date, body=part_body if with_body else b""))
+            given: Any = BodyChanges(body_of(part), len(part), frozenset(SCHEMA)) if whole else part
+            store.apply(Commit(shape, given, checkpoint, up_to_date))
         table = store.connection.execute(
             'SELECT typeof(id), id, name, flag, amount, "at", typeof(score), quote(score), tags, doc, "odd name ü" '
             "FROM items ORDER BY id"
@@ -158,11 +164,10 @@ def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, monkeyp
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"]]), v, {"operation": "insert"}) for v in values
     )
-    body = json.dumps([{"key": c.key, "value": c.value, "headers": c.headers} for c in changes],
-                      ensure_ascii=False).encode()
+    whole = BodyChanges(body_of(changes), len(changes), frozenset(SCHEMA))
     with Store(str(tmp_path / "db")) as store:
         with pytest.raises(ProtocolError, match="column 'odd name ü' \\(int4\\): cannot store '12abc'"):
-            store.apply(Commit(Shape("items"), changes, Checkpoint("h", "0_0", None, SCHEMA, False), False, body=body))
+            store.apply(Commit(Shape("items"), whole, Checkpoint("h", "0_0", None, SCHEMA, False), False))
         assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_rows_%'"
                                         ).fetchone()[0] == 0
     assert taken == [False]  # SQLite tried, the Python converter refused the value, SQLite rolled back

@@ -1,0 +1,128 @@
+"""The snapshot fast path (replica.inserts) accepts exactly what the careful parser accepts.
+
+``ShapeLog.receive`` validates a big body of whole-row inserts with ``parse_whole_inserts`` and
+hands it on as ``BodyChanges``; anything else goes through ``wire.parse_body``. Whatever the body
+— valid, or broken in one of many ways — both routes give the same outcome: the same error
+message, or commits with the same changes, up-to-date flag and position.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replica import protocol, wire
+from replica.errors import ReplicaError
+from replica.inserts import BodyChanges
+from replica.protocol import Response, Shape, ShapeLog
+
+SCHEMA = {"id": {"type": "int8", "pk_index": 0, "not_null": True}, "title": {"type": "text"}, "n": {"type": "int4"}}
+SHAPE = Shape("items")
+
+
+def insert(i: int, title: Any = "t", n: Any = "1") -> dict[str, Any]:
+    return {"key": f'"public"."items"/"{i}"', "value": {"id": str(i), "title": title, "n": n},
+            "headers": {"operation": "insert", "relation": ["public", "items"]}}
+
+
+UP_TO_DATE = {"headers": {"control": "up-to-date"}}
+SNAPSHOT_END = {"headers": {"control": "snapshot-end", "xmin": "1", "xmax": "2", "xip_list": []}}
+
+
+def _mutate(messages: list[Any], kind: str, at: int) -> None:
+    m = messages[at]
+    if "value" not in m or not isinstance(m.get("key"), str):
+        m = insert(at)  # an earlier mutation made this one something else: change a fresh insert
+        messages.insert(at, m)
+    if kind == "missing column":
+        m["value"].pop("n", None)
+    elif kind == "extra column":
+        m["value"]["x"] = "1"
+    elif kind == "number value":
+        m["value"]["title"] = 5
+    elif kind == "object value":
+        m["value"]["title"] = {"a": "b"}
+    elif kind == "null value":
+        m["value"]["title"] = None
+    elif kind == "update":
+        m["headers"]["operation"] = "update"
+    elif kind == "unknown operation":
+        m["headers"]["operation"] = "upsert"
+    elif kind == "wrong key":
+        m["key"] = '"public"."items"/"999999"'
+    elif kind == "key not a string":
+        m["key"] = 7
+    elif kind == "no value":
+        m.pop("value")
+    elif kind == "control in the middle":
+        messages.insert(at, UP_TO_DATE)
+    elif kind == "snapshot-end":
+        messages.insert(at, SNAPSHOT_END)
+    elif kind == "event":
+        messages.insert(at, {"headers": {"event": "move-out", "patterns": []}})
+    elif kind == "control not a string":
+        messages.insert(at, {"headers": {"control": 1}})
+    elif kind == "neither":
+        messages.insert(at, {"headers": {}})
+    elif kind == "escaped text":
+        m["value"]["title"] = 'quote " slash / tab \t é ☃'
+    elif kind == "null key column":
+        m["value"]["id"] = None
+
+
+KINDS = ["none", "missing column", "extra column", "number value", "object value", "null value", "update",
+         "unknown operation", "wrong key", "key not a string", "no value", "control in the middle", "snapshot-end",
+         "event", "control not a string", "neither", "escaped text", "null key column"]
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes:
+    count = draw(st.integers(1, 30))
+    messages: list[Any] = [insert(i, draw(st.sampled_from(["a", "", "x y"]))) for i in range(count)]
+    for kind in draw(st.lists(st.sampled_from(KINDS), max_size=2)):
+        if kind != "none":
+            _mutate(messages, kind, draw(st.integers(0, len(messages) - 1)))
+    if draw(st.booleans()):
+        messages.append(UP_TO_DATE)
+    if draw(st.booleans()):
+        return b"garbage" + json.dumps(messages).encode()[: draw(st.integers(0, 50))]
+    return json.dumps(messages).encode()
+
+
+def outcome(raw: bytes, monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[Any, ...]:
+    monkeypatch.setattr(protocol, "WHOLE_BODY_BYTES", 0 if fast else 1 << 60)
+    log = ShapeLog(SHAPE, None)
+    log.next_request()
+    headers = {wire.H_HANDLE: "h-1", wire.H_OFFSET: "0_0", wire.H_SCHEMA: json.dumps(SCHEMA)}
+    try:
+        commit = log.receive(Response(200, headers, raw))
+    except ReplicaError as exc:
+        return ("error", type(exc).__name__, str(exc))
+    if commit is None:
+        return ("none", log.offset)
+    return ("commit", list(commit.changes), commit.up_to_date, commit.checkpoint)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=bodies())
+def test_fast_and_careful_routes_agree(raw: bytes) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert outcome(raw, monkeypatch, fast=True) == outcome(raw, monkeypatch, fast=False)
+
+
+def test_a_body_of_whole_inserts_is_handed_on_as_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = json.dumps([insert(i) for i in range(3000)] + [SNAPSHOT_END, UP_TO_DATE]).encode()
+    assert len(raw) >= protocol.WHOLE_BODY_BYTES
+    log = ShapeLog(SHAPE, None)
+    log.next_request()
+    headers = {wire.H_HANDLE: "h-1", wire.H_OFFSET: "0_0", wire.H_SCHEMA: json.dumps(SCHEMA)}
+    commit = log.receive(Response(200, headers, raw))
+    assert commit is not None and commit.up_to_date
+    assert isinstance(commit.changes, BodyChanges) and commit.changes.body is raw and len(commit.changes) == 3000
+    assert commit.changes[2999] == wire.Change("insert", '"public"."items"/"2999"',
+                                               {"id": "2999", "title": "t", "n": "1"},
+                                               {"operation": "insert", "relation": ["public", "items"]})
