@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra request header (repeatable)"
     )
     sync.add_argument("--secret", help="Electric's API secret (default: $ELECTRIC_SECRET if set)")
+    sync.add_argument("--ca-file", type=Path, metavar="PEM", help="verify TLS with this CA bundle (a private CA)")
     sync.add_argument("--once", action="store_true", help="exit 0 once the first up-to-date is committed")
     sync.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
     sync.set_defaults(func=_cmd_sync)
@@ -208,7 +209,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             elapsed = time.monotonic() - started
             print(f"replica: {applied.name}: {applied.rows} rows ({elapsed:.2f} s since the sync began)", file=sys.stderr)
 
-    replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit)
+    if args.ca_file is not None and not args.ca_file.is_file():
+        raise ConfigError(f"--ca-file: {args.ca_file} is not a file (a CA bundle in PEM format)")
+    verify = str(args.ca_file) if args.ca_file is not None else True
+    replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit, verify=verify)
     started = time.monotonic()
     try:
         anyio.run(_run_until_signal, replica, args.once)

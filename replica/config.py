@@ -128,6 +128,7 @@ class Config:
     progress_interval: float = 10.0
     overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     path: Path | None = None
+    ca_file: Path | None = None
 
     def sources(self) -> list[Source]:
         return ([self.secret] if self.secret is not None else []) + list(self.headers.values())
@@ -179,6 +180,11 @@ def parse_config(
         if item.get("types"):
             overrides[shape.local_name] = dict(item["types"])
     database = Path(data["database"]).expanduser()
+    ca_file = Path(data["ca_file"]).expanduser() if "ca_file" in data else None
+    if ca_file is not None and not ca_file.is_absolute():
+        ca_file = base / ca_file
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError(f"ca_file: {ca_file} is not a file (a CA bundle in PEM format)")
     return Config(
         url=data["url"],
         database=database if database.is_absolute() else base / database,
@@ -191,6 +197,7 @@ def parse_config(
         progress_interval=float(data.get("progress_interval", 10.0)),
         overrides=overrides,
         path=path,
+        ca_file=ca_file,
     )
 
 

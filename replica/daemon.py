@@ -97,6 +97,7 @@ class Daemon:
             on_unauthorized=self._unauthorized if any(s.dynamic for s in config.sources()) else None,
             overrides=config.overrides,
             observer=self._observe,
+            verify=str(config.ca_file) if config.ca_file is not None else True,
         )
         self.metrics = Metrics(config.database, self.replica.status, self.ready)
 

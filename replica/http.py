@@ -48,7 +48,10 @@ def tls_context(verify: bool | str = True) -> ssl.SSLContext:
     False: no verification (never the default).
     """
     if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"verify: cannot load the CA bundle {verify!r} ({exc}); give a PEM file") from exc
     return httpx.create_ssl_context(verify=verify)
 
 

@@ -117,11 +117,11 @@ class Replica:
         Shapes that fail fatally stop alone (their state says why); ``run`` returns when all
         shapes have stopped. With ``once``, raises the first fatal ShapeError, if any.
         """
+        # One client per shape (see http.new_client), sharing TLS settings; an injected transport is shared.
+        tls = http.tls_context(self._verify) if self._transport is None else None  # ConfigError before any I/O
         self._store = await self._call_store(lambda: Store(self.db_path, overrides=self._overrides))
         self._synced.clear()
         self._reached.clear()
-        # One client per shape (see http.new_client), sharing TLS settings; an injected transport is shared.
-        tls = http.tls_context(self._verify) if self._transport is None else None
         shared = http.new_client(connections=len(self.shapes), transport=self._transport) if self._transport else None
         clients = [shared or http.new_client(tls=tls) for _ in self.shapes]
         try:

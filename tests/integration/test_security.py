@@ -249,6 +249,41 @@ def test_tls_is_verified_by_default_and_a_ca_file_makes_a_private_ca_work(
     assert local(tmp_path / "trusted.db", "items", ["id"]) == {(1,): {"id": 1, "title": "over tls"}}
 
 
+def test_the_cli_and_the_config_take_a_ca_file_and_name_a_missing_one(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "replica", *args], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+
+    with https_electric(cert, key) as url:
+        synced = cli("sync", url, "--table", "items", "--db", "cli.db", "--once", "--ca-file", str(cert))
+        missing = cli("sync", url, "--table", "items", "--db", "none.db", "--once", "--ca-file", "nope.pem")
+        (tmp_path / "ca.pem").write_bytes(cert.read_bytes())
+        config = tmp_path / "replica.toml"
+        config.write_text(f'url = "{url}"\ndatabase = "daemon.db"\nca_file = "ca.pem"\n[[shapes]]\ntable = "items"\n')
+        daemon = cli("run", "-c", str(config), "--once")
+        config.write_text(config.read_text().replace('"ca.pem"', '"gone.pem"'))
+        refused = cli("run", "-c", str(config), "--once")
+    assert synced.returncode == 0, synced.stderr
+    assert local(tmp_path / "cli.db", "items", ["id"]) == {(1,): {"id": 1, "title": "over tls"}}
+    assert missing.returncode == 2 and "--ca-file" in missing.stderr and not (tmp_path / "none.db").exists()
+    assert daemon.returncode == 0, daemon.stderr
+    assert local(tmp_path / "daemon.db", "items", ["id"]) == {(1,): {"id": 1, "title": "over tls"}}
+    assert refused.returncode == 2 and "ca_file" in refused.stderr
+
+
+def test_an_unreadable_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="cannot load the CA bundle"):
+        anyio.run(_run_once, Replica(tmp_path / "x.db", "https://127.0.0.1:9/v1/shape", Shape("items"),
+                                     verify=str(bad)))
+    assert not (tmp_path / "x.db").exists()  # refused before the database was touched
+
+
 async def _run_once(replica: Replica) -> None:
     with anyio.fail_after(10):
         await replica.run(once=True)
