@@ -20,7 +20,7 @@ from typing import Any
 
 import apsw
 
-from replica import inserts, staging, tables, wire
+from replica import inserts, shadow, staging, tables, wire
 from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol import Commit
 from replica.schema import TableSchema, quote_ident
@@ -36,7 +36,8 @@ class Applied:
 
     ``inserted``/``updated``/``deleted`` count the change messages written to the table, and
     ``keys`` maps each operation to their message keys — except for a refetch (``refetch`` True:
-    every row was replaced), where ``keys`` stays empty so memory does not grow with the shape.
+    every row was replaced), where ``keys`` stays empty so memory does not grow with the shape;
+    for a table's first snapshot (it did not exist), ``inserted`` is its row count.
     ``published`` is False when the changes were only staged (``staged`` counts what waits on
     disk) or the commit was a redelivery of an older position. ``rows`` is the table's row count
     after the call. ``dropped`` names user indexes/triggers that no longer applied after a schema
@@ -86,6 +87,8 @@ def publish(
         )
     if not exists and not refetch:
         raise StoreError(f"table {name!r} disappeared (dropped outside replica?); it will be synced again")
+    if stage is not None and shadow.exists(conn, name):
+        return _publish_shadow(conn, commit, table_schema, raw_schema, exists)
     try:
         saved = tables.ensure_table(conn, name, table_schema, keep_rows=not refetch)
     except apsw.SQLError as exc:
@@ -133,6 +136,22 @@ def publish(
         published=True,
         dropped=tuple(dropped),
     )
+
+
+def _publish_shadow(
+    conn: apsw.Connection, commit: Commit, table_schema: TableSchema, raw_schema: Mapping[str, Any], exists: bool
+) -> Applied:
+    """A first snapshot: its last changes join the shadow, which becomes the table (replica.shadow)."""
+    name = commit.shape.local_name
+    if exists or not shadow.matches(conn, name, table_schema):
+        raise StoreError(f"the snapshot staged for {name!r} no longer fits its table; it is fetched again")
+    shadow.append(conn, name, commit.changes, table_schema)
+    shadow.swap_in(conn, name, table_schema)
+    staging.clear(conn, name)
+    rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])
+    _record(conn, commit, raw_schema, rows)
+    # The table is new: every row in it was inserted (per-message counts are not kept for a shadow).
+    return Applied(name, inserted=rows, rows=rows, refetch=True, published=True)
 
 
 def _record(conn: apsw.Connection, commit: Commit, raw_schema: Mapping[str, Any], rows: int) -> None:

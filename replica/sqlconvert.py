@@ -100,22 +100,25 @@ def column_sql(column: Column, x: str) -> str:
     return f"CASE WHEN {x} IS NULL THEN NULL ELSE {fallback} END"
 
 
-def bulk_select_sql(schema: TableSchema, lead: str = "", *, keys: bool = True) -> str | None:
-    """SELECT (``lead`` key, c0, c1, …) for each change message of the body bound as ``?1``, in log order.
+def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
+    """SELECT (``key`` c0, c1, …) for each change message of the body bound as ``?1``, in log order.
 
-    ``keys`` False selects NULL for the key (unescaping ~30 bytes per row costs ~20 % of the work).
-    The caller has checked every change is a whole-row insert. None if a column name cannot be
-    written as a quoted JSON path label (one with a double quote, backslash or control
-    character): such tables take the Python path.
+    ``key`` starts the select list: it may name ``s.k``, the message key (unescaping ~30 bytes
+    per row costs ~20 % of the work, so it is only extracted when named). None if a column name
+    cannot be written as a quoted JSON path label (one with a double quote, backslash or control
+    character): such tables take the Python path. Ends in a WHERE clause: PK columns not NULL.
     """
     if any(ch in '"\\' or ch < " " for name in schema.names for ch in name):
         return None
     paths = [_literal('$.value."' + name + '"') for name in schema.names]
     extract = ", ".join(f"m.value ->> {path} AS c{i}" for i, path in enumerate(paths))
+    if "s.k" in key:
+        extract = "m.value ->> '$.key' AS k, " + extract
     converted = ", ".join(column_sql(column, f"s.c{i}") for i, column in enumerate(schema.columns))
-    key, key_column = ("s.k", "m.value ->> '$.key' AS k, ") if keys else ("NULL", "")
+    pk = [schema.names.index(c) for c in schema.pk] if schema.keyed else []
+    present = " AND ".join(f"s.c{i} IS NOT NULL" for i in pk) or "true"
     # LIMIT -1 keeps the subquery from being flattened, so each value is extracted once.
     return (
-        f"SELECT {lead}{key}, {converted} FROM (SELECT {key_column}{extract} FROM jsonb_each(jsonb(?1)) AS m "
-        "WHERE json_type(m.value, '$.key') IS NOT NULL LIMIT -1) AS s"
+        f"SELECT {key}{converted} FROM (SELECT {extract} FROM jsonb_each(jsonb(?1)) AS m "
+        f"WHERE json_type(m.value, '$.key') IS NOT NULL LIMIT -1) AS s WHERE {present}"
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import apsw
 
-from replica import inserts, sqlconvert, wire
+from replica import inserts, tables, wire
 from replica.protocol import Commit
 from replica.schema import TableSchema, quote_ident
 from replica.wire import Change
@@ -200,6 +200,12 @@ def clear(conn: apsw.Connection, name: str) -> None:
     conn.execute('DELETE FROM "_replica_staging" WHERE "name" = ?', (name,))
     conn.execute('DELETE FROM "_replica_stages" WHERE "name" = ?', (name,))
     conn.execute(f"DROP TABLE IF EXISTS main.{typed_table(name)}")
+    conn.execute(f"DROP TABLE IF EXISTS main.{quote_ident(shadow_name(name))}")
+
+
+def shadow_name(name: str) -> str:
+    """Where a table's first snapshot is staged, in the table's own layout (replica.shadow)."""
+    return "_replica_new_" + name
 
 
 # --- typed staging: rows converted once, on arrival, into a per-table staging table ---
@@ -292,36 +298,11 @@ def append_typed(
 def _append_bulk(
     conn: apsw.Connection, name: str, changes: inserts.BodyChanges, schema: TableSchema, keys: bool
 ) -> bool:
-    """Stage ``changes`` with one INSERT … SELECT over their body; False (nothing written) if it cannot.
-
-    Not for bodies with ``\\u`` escapes (a lone surrogate or NUL would read differently in
-    SQLite). Any failure — a value only the Python converters can judge refusing, a count that
-    does not match, a NULL key — rolls back, and the Python path takes over and names the problem.
-    """
-    body = changes.body
-    if changes.columns != frozenset(schema.names) or b"\\u" in body:
-        return False
-    select = sqlconvert.bulk_select_sql(schema, lead="0, ", keys=keys)
-    if select is None:
-        return False
     table = typed_table(name)
     columns = "".join(f', "c{i}"' for i in range(len(schema.names)))
-    null_key = " OR ".join(f'"c{schema.names.index(c)}" IS NULL' for c in schema.pk) if schema.keyed else "0"
-    conn.execute("SAVEPOINT _replica_bulk")
-    try:
-        last = conn.execute(f'SELECT max("seq") FROM main.{table}').fetchone()[0]
-        conn.execute(f'INSERT INTO main.{table} ("op", "key"{columns}) {select}',
-                     (body.decode("utf-8"),))
-        if conn.changes() != len(changes):
-            raise ValueError("the body holds other changes than were parsed")
-        if conn.execute(f'SELECT 1 FROM main.{table} WHERE "seq" > ? AND ({null_key}) LIMIT 1', (last,)).fetchone():
-            raise ValueError("a row without its primary key")
-    except Exception:  # the Python path is the reference: it reports what is wrong
-        conn.execute("ROLLBACK TO _replica_bulk")
-        return False
-    finally:
-        conn.execute("RELEASE _replica_bulk")
-    return True
+    insert = f'INSERT INTO main.{table} ("op", "key"{columns}) '
+    return tables.bulk_write(conn, changes, schema, lambda select: insert + select,
+                             key="0, s.k, " if keys else "0, NULL, ")
 
 
 def _insert_typed(conn: apsw.Connection, name: str, width: int, params: list[tuple[Any, ...]]) -> None:

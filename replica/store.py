@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import apsw
 
-from replica import sqlconvert, staging, tables
+from replica import shadow, sqlconvert, staging, tables
 from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
 from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol import Checkpoint, Commit, Shape
@@ -105,6 +105,9 @@ class Store:
                 if typed is not None and stage.schema is not None:
                     if typed[0] != staging.layout(self._table_schema(name, stage.schema)):
                         return None  # staged with other type overrides: fetch the snapshot again
+                if stage.schema is not None and shadow.exists(conn, name):
+                    if not shadow.matches(conn, name, self._table_schema(name, stage.schema)):
+                        return None
                 return Checkpoint(stage.handle, stage.offset, stage.cursor, stage.schema, up_to_date=False)
             published = self._published(name)
             if published is None or published.offset is None or published.definition != definition:
@@ -145,11 +148,20 @@ class Store:
         schema = checkpoint.schema or stage.schema
         table_schema = self._table_schema(name, schema) if schema is not None else None
         typed = staging.typed_state(conn, name)
-        if typed is None and stage.changes == 0 and table_schema is not None:
-            # Stage rows converted, once, into a typed staging table: publishing is then a copy in SQL.
-            staging.create_typed(conn, name, table_schema)
-            typed = (staging.layout(table_schema), True)
-        if typed is not None and table_schema is not None:
+        first = stage.changes == 0 and stage.refetch and table_schema is not None and table_schema.keyed
+        staged_in_shadow = shadow.exists(conn, name)
+        if first and typed is None and not staged_in_shadow and not tables.table_exists(conn, name):
+            shadow.create(conn, name, table_schema)  # a first snapshot: staged in the table's own layout
+            staged_in_shadow = True
+        if staged_in_shadow:
+            if table_schema is None or not shadow.matches(conn, name, table_schema):
+                raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
+            shadow.append(conn, name, commit.changes, table_schema)
+            added = len(commit.changes)
+        elif table_schema is not None and (typed is not None or stage.changes == 0):
+            if typed is None:  # rows converted once, into a typed staging table: publishing is a copy in SQL
+                staging.create_typed(conn, name, table_schema)
+                typed = (staging.layout(table_schema), True)
             self._check_layout(name, typed[0], table_schema)
             added = staging.append_typed(conn, name, commit.changes, table_schema, keys=not stage.refetch)
         else:

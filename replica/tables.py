@@ -15,13 +15,13 @@ Electric's key map.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
 
-from replica import wire
+from replica import inserts, sqlconvert, wire
 from replica.errors import ProtocolError, ShapeError
 from replica.schema import (
     SQLValue,
@@ -31,7 +31,7 @@ from replica.schema import (
     quote_ident,
 )
 
-__all__ = ["TableWriter", "Tally", "ensure_table", "probes", "table_exists"]
+__all__ = ["TableWriter", "Tally", "bulk_write", "ensure_table", "probes", "table_exists"]
 
 _BATCH = 500  # statements per executemany: long enough to amortise, short enough to bound memory
 _BULK = 5000  # whole-row inserts converted and written per batch
@@ -191,17 +191,22 @@ class TableWriter:
         """Upsert every row of the typed staging table ``source`` (whole-row inserts) in one statement."""
         self.flush()
         columns = ", ".join(f'"c{i}"' for i in range(len(self._names)))
-        sql = self._upsert_sql(self._names)
-        head, tail = sql.split(" VALUES ", 1)
-        tail = tail.split(" ON CONFLICT ", 1)[1]
-        # WHERE also keeps SQLite from reading ON CONFLICT as a join constraint (upsert + SELECT).
-        self._conn.execute(f'{head} SELECT {columns} FROM main.{source} WHERE "seq" > 0 ORDER BY "seq" ON CONFLICT {tail}')
+        self._conn.execute(self.upsert_from(f'SELECT {columns} FROM main.{source} WHERE "seq" > 0 ORDER BY "seq"'))
         if tally.keep_keys:
             for key in keys:
                 tally.add(wire.INSERT, key)
         else:
             count = self._conn.execute(f'SELECT count(*) FROM main.{source} WHERE "seq" > 0').fetchone()[0]
             tally.counts[wire.INSERT] += int(count)
+
+    def upsert_from(self, select: str) -> str:
+        """The upsert of every row ``select`` yields (whole rows in schema order).
+
+        ``select`` must end in a WHERE clause (or ORDER BY): without one, SQLite would read the
+        ON CONFLICT that follows as a join constraint.
+        """
+        head, tail = self._upsert_sql(self._names).split(" VALUES ", 1)
+        return f"{head} {select} ON CONFLICT {tail.split(' ON CONFLICT ', 1)[1]}"
 
     def flush(self) -> None:
         if self._run:
@@ -285,3 +290,31 @@ class TableWriter:
             f"INSERT INTO {self._table} ({names}) SELECT {marks} "
             f"WHERE NOT EXISTS (SELECT 1 FROM {self._table} WHERE {self._match()})"
         )
+
+
+def bulk_write(
+    conn: apsw.Connection, changes: inserts.BodyChanges, schema: TableSchema, into: Callable[[str], str], key: str = ""
+) -> bool:
+    """Run ``into(select)``, the select reading ``changes`` from their body; False (nothing written) if it cannot.
+
+    Not for bodies with ``\\u`` escapes (a lone surrogate or NUL would read differently in
+    SQLite). Any failure — a value only the Python converters can judge refusing, a count that
+    does not match, a NULL key — rolls back, and the Python path takes over and names the problem.
+    """
+    body = changes.body
+    if changes.columns != frozenset(schema.names) or b"\\u" in body:
+        return False
+    select = sqlconvert.bulk_select_sql(schema, key)
+    if select is None:
+        return False
+    conn.execute("SAVEPOINT _replica_bulk")
+    try:
+        conn.execute(into(select), (body.decode("utf-8"),))
+        if conn.changes() != len(changes):  # e.g. a NULL key (the SELECT leaves those out)
+            raise ValueError("the body holds other changes than were parsed")
+    except Exception:  # the Python path is the reference: it reports what is wrong
+        conn.execute("ROLLBACK TO _replica_bulk")
+        return False
+    finally:
+        conn.execute("RELEASE _replica_bulk")
+    return True

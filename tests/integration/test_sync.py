@@ -269,11 +269,11 @@ async def test_an_unexpected_bug_in_one_shape_stops_only_that_shape(db: Path) ->
 
 @pytest.fixture
 def bulk_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    from replica import staging
+    from replica import tables
 
     calls: list[bool] = []
-    real = staging._append_bulk
-    monkeypatch.setattr(staging, "_append_bulk", lambda *a: calls.append(real(*a)) or calls[-1])
+    real = tables.bulk_write
+    monkeypatch.setattr(tables, "bulk_write", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
     return calls
 
 

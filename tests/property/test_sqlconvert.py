@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replica import sqlconvert, staging
+from replica import sqlconvert, tables
 from replica.errors import ProtocolError
 from replica.protocol import Checkpoint, Commit, Shape
 from replica.schema import Column
@@ -118,13 +118,21 @@ def body_of(changes: tuple[Change, ...]) -> bytes:
                       ensure_ascii=False).encode()
 
 
-def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: int = 7) -> list[tuple[Any, ...]]:
-    """Stage all but ``last`` values, then publish; ``whole``: as the protocol hands on big bodies."""
+def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: int = 7,
+             existing: bool = False) -> list[tuple[Any, ...]]:
+    """Stage all but ``last`` values, then publish; ``whole``: as the protocol hands on big bodies.
+
+    ``existing``: the table exists first, so the snapshot is a refetch staged typed (replica.staging);
+    otherwise it is the table's first, staged in its own layout (replica.shadow).
+    """
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"] or ""]), v, {"operation": "insert"}) for v in values
     )
     shape = Shape("items")
     with Store(db) as store:
+        if existing:
+            first = Change("insert", build_key("public", "items", ["-1"]), {"id": "-1"}, {"operation": "insert"})
+            store.apply(Commit(shape, (first,), Checkpoint("h0", "0_inf", None, {"id": SCHEMA["id"]}, True), True))
         for part, up_to_date in ((changes[:-last], False), (changes[-last:], True)):
             checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, SCHEMA, up_to_date)
             given: Any = BodyChanges(body_of(part), len(part), frozenset(SCHEMA)) if whole else part
@@ -137,27 +145,31 @@ def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: in
 
 
 @settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
-@given(values=rows)
-def test_bulk_snapshot_equals_python_snapshot(tmp_path_factory: pytest.TempPathFactory, values: list[dict]) -> None:
+@given(values=rows, existing=st.booleans())
+def test_bulk_snapshot_equals_python_snapshot(
+    tmp_path_factory: pytest.TempPathFactory, values: list[dict], existing: bool
+) -> None:
     values = [{"id": str(i), **v} for i, v in enumerate(values)]
     folder = tmp_path_factory.mktemp("bulk")
-    assert snapshot(str(folder / "bulk.db"), values, True) == snapshot(str(folder / "python.db"), values, False)
+    bulk = snapshot(str(folder / "bulk.db"), values, True, existing=existing)
+    assert bulk == snapshot(str(folder / "python.db"), values, False, existing=existing)
 
 
-def test_bulk_path_is_taken(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("existing", [False, True], ids=["first snapshot", "refetch"])
+def test_bulk_path_is_taken(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, existing: bool) -> None:
     taken: list[bool] = []
-    real = staging._append_bulk
-    monkeypatch.setattr(staging, "_append_bulk", lambda *a: taken.append(real(*a)) or taken[-1])
+    real = tables.bulk_write
+    monkeypatch.setattr(tables, "bulk_write", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
     values = [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": "2024-01-02 03:04:05.5+00",
                "score": "1.5", "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(300)]
-    snapshot(str(tmp_path / "a.db"), values, True, last=150)
+    snapshot(str(tmp_path / "a.db"), values, True, last=150, existing=existing)
     assert taken == [True, True]  # the stage, then the last response joining it at publish
 
 
 def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     taken: list[bool] = []
-    real = staging._append_bulk
-    monkeypatch.setattr(staging, "_append_bulk", lambda *a: taken.append(real(*a)) or taken[-1])
+    real = tables.bulk_write
+    monkeypatch.setattr(tables, "bulk_write", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
     values = [{"id": str(i), "name": "x", "flag": "t", "amount": None, "at": None, "score": "1", "tags": None,
                "doc": None, "odd name ü": "1"} for i in range(200)]
     values[150]["odd name ü"] = "12abc"
@@ -168,6 +180,6 @@ def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, monkeyp
     with Store(str(tmp_path / "db")) as store:
         with pytest.raises(ProtocolError, match="column 'odd name ü' \\(int4\\): cannot store '12abc'"):
             store.apply(Commit(Shape("items"), whole, Checkpoint("h", "0_0", None, SCHEMA, False), False))
-        assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_rows_%'"
-                                        ).fetchone()[0] == 0
+        assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_new_%' "
+                                        "OR name LIKE '_replica_rows_%'").fetchone()[0] == 0
     assert taken == [False]  # SQLite tried, the Python converter refused the value, SQLite rolled back
