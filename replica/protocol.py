@@ -126,7 +126,7 @@ class Commit:
     ``up_to_date`` True: publish everything staged plus ``changes`` in one transaction (R2).
     ``refetch`` True: this commit starts a new snapshot; when it is published it replaces every row
     of the table (the old rows stay visible until then).
-    ``changes`` is a ``inserts.BodyChanges`` when the response was at least ``WHOLE_BODY_BYTES`` of
+    ``changes`` is an ``inserts.BodyChanges`` when the response was at least ``WHOLE_BODY_BYTES`` of
     whole-row inserts: validated, kept as the body for SQLite to read.
     """
 
