@@ -207,7 +207,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         published = True
         if args.verbose:
             elapsed = time.monotonic() - started
-            print(f"replica: {applied.name}: {applied.rows} rows ({elapsed:.2f} s since the sync began)", file=sys.stderr)
+            print(f"replica: {applied.name}: {applied.rows} rows ({elapsed:.2f} s since the sync began)",
+                  file=sys.stderr)
 
     if args.ca_file is not None and not args.ca_file.is_file():
         raise ConfigError(f"--ca-file: {args.ca_file} is not a file (a CA bundle in PEM format)")

@@ -7,6 +7,7 @@ a proxy or attacker sends: every helper answers or raises ``ProtocolError``, nev
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,44 +76,27 @@ def check_keys(changes: Sequence[wire.Change], schema: Mapping[str, Any] | None,
     keyed tables; a change without its primary key is left for the store to refuse.
     """
     pk = pk_columns(schema)
-    if not pk:
-        return
-    schema_name, table = relation
-    prefix = wire.relation_key_prefix(schema_name, table) + "/"
-    single = pk[0] if len(pk) == 1 else None
-    for index, change in enumerate(changes):
-        if single is not None:  # the common case, without building a list per change
-            text = change.value.get(single)
-            if text is None:
-                continue
-            expected = prefix + '"' + text.replace("/", "//") + '"'
-        else:
-            values = [change.value.get(column) for column in pk]
-            if None in values:
-                continue
-            expected = wire.build_key(schema_name, table, values)  # type: ignore[arg-type]
-        if change.key != expected:
-            _mismatch(index, change.key, expected)
+    if pk:
+        _check_pairs(((c.key, [c.value.get(column) for column in pk]) for c in changes), relation)
 
 
 def check_row_keys(inserts: WholeInserts, schema: Mapping[str, Any], relation: tuple[str, str]) -> None:
     """``check_keys`` for a body of whole-row inserts (rows hold column i as attribute ``f<i>``)."""
     pk = pk_columns(schema)
-    if not pk:
-        return
-    position = {name: i for i, name in enumerate(schema)}
-    fields = [f"f{position[column]}" for column in pk]
-    if len(fields) == 1:
-        field = fields[0]
-        prefix = wire.relation_key_prefix(*relation) + '/"'
-        for index, (key, row) in enumerate(zip(inserts.keys, inserts.rows, strict=True)):
-            text = getattr(row, field)
-            if text is not None and key != prefix + text.replace("/", "//") + '"':
-                _mismatch(index, key, prefix + text.replace("/", "//") + '"')
-        return
-    for index, (key, row) in enumerate(zip(inserts.keys, inserts.rows, strict=True)):
-        values = [getattr(row, field) for field in fields]
-        if None not in values and key != (expected := wire.build_key(*relation, values)):
+    if pk:
+        position = {name: i for i, name in enumerate(schema)}
+        get = operator.attrgetter(*(f"f{position[column]}" for column in pk))
+        values = map(get, inserts.rows) if len(pk) > 1 else zip(map(get, inserts.rows))  # tuples either way
+        _check_pairs(zip(inserts.keys, values, strict=True), relation)
+
+
+def _check_pairs(pairs: Iterable[tuple[str, Sequence[str | None]]], relation: tuple[str, str]) -> None:
+    prefix = wire.relation_key_prefix(*relation) + "/"  # wire.build_key, with the prefix made once
+    for index, (key, values) in enumerate(pairs):
+        if None in values:
+            continue  # no key to compare with: the store refuses a change without its primary key
+        expected = prefix + wire.key_values(values)
+        if key != expected:
             _mismatch(index, key, expected)
 
 

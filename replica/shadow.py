@@ -31,15 +31,13 @@ def exists(conn: apsw.Connection, name: str) -> bool:
 
 
 def create(conn: apsw.Connection, name: str, schema: TableSchema) -> None:
-    head = f"CREATE TABLE {quote_ident(name)} ("
-    conn.execute(create_table_sql(name, schema).replace(head, f"CREATE TABLE main.{quote_ident(shadow_name(name))} (", 1))
+    head, shadow = f"CREATE TABLE {quote_ident(name)} (", f"CREATE TABLE main.{quote_ident(shadow_name(name))} ("
+    conn.execute(create_table_sql(name, schema).replace(head, shadow, 1))
 
 
 def matches(conn: apsw.Connection, name: str, schema: TableSchema) -> bool:
     """True if the shadow has exactly the columns, types and key ``schema`` (with overrides) gives."""
-    current = [(str(col), str(decl), int(pk)) for _cid, col, decl, _nn, _default, pk
-               in conn.execute(f"PRAGMA main.table_info({quote_ident(shadow_name(name))})")]
-    return current == schema.signature()
+    return tables.signature(conn, shadow_name(name)) == schema.signature()
 
 
 def append(conn: apsw.Connection, name: str, changes: Sequence[Change], schema: TableSchema) -> None:

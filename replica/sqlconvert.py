@@ -2,9 +2,9 @@
 
 A snapshot is mostly whole-row inserts. Converting them in Python costs more than everything
 else in an initial sync, so the store may instead hand the response body to SQLite:
-``bulk_select_sql`` selects (key, converted columns…) per change message, in log order, from
-``jsonb_each`` over the body. SQLite runs it without the GIL, so the next response downloads and
-parses meanwhile.
+``bulk_select_sql`` selects the converted columns (and the message key if asked) per change, in
+log order, from ``jsonb_each`` over the body. SQLite runs it without the GIL, so the next
+response downloads and parses meanwhile.
 
 Exactness: each column's SQL converts only the forms it recognises exactly (canonical integers,
 ``t``/``true``/``f``/``false``, JSON-grammar floats, UTC timestamps, flat text arrays) and hands any

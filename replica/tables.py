@@ -31,7 +31,7 @@ from replica.schema import (
     quote_ident,
 )
 
-__all__ = ["TableWriter", "Tally", "bulk_write", "ensure_table", "probes", "table_exists"]
+__all__ = ["TableWriter", "Tally", "bulk_write", "ensure_table", "probes", "signature", "table_exists"]
 
 _BATCH = 500  # statements per executemany: long enough to amortise, short enough to bound memory
 _BULK = 5000  # whole-row inserts converted and written per batch
@@ -75,10 +75,7 @@ def ensure_table(conn: apsw.Connection, name: str, schema: TableSchema, *, keep_
     if not table_exists(conn, name):
         _create(conn, name, schema)
         return []
-    current = [
-        (str(col), str(decl), int(pk))
-        for _cid, col, decl, _notnull, _default, pk in conn.execute(f"PRAGMA main.table_info({quote_ident(name)})")
-    ]
+    current = signature(conn, name)
     if current == schema.signature():
         index = identity_index_sql(name, schema)
         if index is not None:
@@ -105,6 +102,12 @@ def ensure_table(conn: apsw.Connection, name: str, schema: TableSchema, *, keep_
         conn.execute(f"INSERT OR IGNORE INTO main.{quote_ident(name)} ({columns}) SELECT {columns} FROM temp.{_CARRY}")
         conn.execute(f"DROP TABLE temp.{_CARRY}")
     return [(str(obj_name), str(sql)) for obj_name, sql in saved]
+
+
+def signature(conn: apsw.Connection, name: str) -> list[tuple[str, str, int]]:
+    """(column, declared type, PK position) of table ``name``, comparable with ``TableSchema.signature``."""
+    rows = conn.execute(f"PRAGMA main.table_info({quote_ident(name)})")
+    return [(str(col), str(decl), int(pk)) for _cid, col, decl, _notnull, _default, pk in rows]
 
 
 def _create(conn: apsw.Connection, name: str, schema: TableSchema) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -154,6 +155,7 @@ def quote_pg_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@lru_cache(maxsize=256)
 def relation_key_prefix(schema: str, table: str) -> str:
     """``"schema"."table"`` with Electric's escaping (``/`` → ``//``, ``.`` → ``..``) inside names."""
 
@@ -163,12 +165,16 @@ def relation_key_prefix(schema: str, table: str) -> str:
     return f'"{esc(schema)}"."{esc(table)}"'
 
 
-def build_key(schema: str, table: str, pk_values: list[str | None]) -> str:
+def build_key(schema: str, table: str, pk_values: Sequence[str | None]) -> str:
     """A message ``key``: the relation, then each PK value quoted with ``/`` doubled; NULL is ``_``."""
-    parts = [relation_key_prefix(schema, table)]
-    for value in pk_values:
-        parts.append("_" if value is None else '"' + value.replace("/", "//") + '"')
-    return "/".join(parts)
+    return relation_key_prefix(schema, table) + "/" + key_values(pk_values)
+
+
+def key_values(pk_values: Sequence[str | None]) -> str:
+    """The part of a key after its relation (callers checking many keys add the prefix once)."""
+    if len(pk_values) == 1 and pk_values[0] is not None:  # the common case, without a list per key
+        return '"' + pk_values[0].replace("/", "//") + '"'
+    return "/".join(["_" if value is None else '"' + value.replace("/", "//") + '"' for value in pk_values])
 
 
 # --- bodies ---

@@ -108,10 +108,8 @@ def msgspec_thread(bodies: list[Path], conn: apsw.Connection, sql: str, schema: 
 def jsonb_sql(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
     conn.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
     head, tail = sql.split(" VALUES ", 1)
-    paths = ", ".join(f"m.value ->> '$.value.\"{name}\"' AS c{i}" for i, name in enumerate(schema.names))
-    converted = ", ".join(sqlconvert.column_sql(c, f"s.c{i}") for i, c in enumerate(schema.columns))
-    insert = (f"{head} SELECT {converted} FROM (SELECT {paths} FROM jsonb_each(jsonb(?1)) AS m "
-              f"WHERE m.value ->> '$.key' IS NOT NULL LIMIT -1) AS s WHERE true ON CONFLICT {tail.split(' ON CONFLICT ', 1)[1]}")
+    # The same SELECT replica stages with, upserted straight into the table.
+    insert = f"{head} {sqlconvert.bulk_select_sql(schema)} ON CONFLICT {tail.split(' ON CONFLICT ', 1)[1]}"
     for path in bodies:
         with conn:
             conn.execute(insert, (path.read_text(),))
