@@ -8,9 +8,14 @@ stays bounded by the server's chunk size, not by the shape's size.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+import certifi
+import httpcore  # noqa: F401  # httpx imports it with the first client: ~40 ms, here rather than in a sync
 import httpx
 
 from replica import wire
@@ -42,17 +47,54 @@ DEFAULT_LIVE_TIMEOUT = 45.0  # watchdog for long-polls, which Electric holds ~20
 
 
 def tls_context(verify: bool | str = True) -> ssl.SSLContext:
-    """The TLS settings every client of one Replica shares (loading CA roots costs ~30 ms each time).
+    """The TLS settings every client of one Replica shares.
 
-    ``verify`` True: the system's and certifi's roots as httpx uses them; a path: that CA bundle (PEM);
-    False: no verification (never the default).
+    ``verify`` True: the roots httpx uses (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else certifi's),
+    loaded at the first handshake; a path: that CA bundle (PEM), loaded now, so a bad one is a
+    ConfigError before any I/O; False: no verification (never the default).
     """
     if isinstance(verify, str):
         try:
             return ssl.create_default_context(cafile=verify)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"verify: cannot load the CA bundle {verify!r} ({exc}); give a PEM file") from exc
-    return httpx.create_ssl_context(verify=verify)
+    if verify is False:
+        return httpx.create_ssl_context(verify=False)
+    context = _RootsOnFirstUse(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names
+    context.verify_mode, context.check_hostname = ssl.CERT_REQUIRED, True
+    return context
+
+
+class _RootsOnFirstUse(ssl.SSLContext):
+    """A verifying client context that loads its CA roots at the first handshake.
+
+    Loading certifi's roots costs ~50 ms, which a sync over plain HTTP (a local Electric) never
+    needs. Until they load, no certificate verifies: a missed code path fails closed.
+    """
+
+    _loaded = False
+
+    def _load_roots(self) -> None:
+        with _roots_lock:
+            if not self._loaded:
+                if os.environ.get("SSL_CERT_FILE"):  # as httpx.create_ssl_context(verify=True)
+                    self.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
+                elif os.environ.get("SSL_CERT_DIR"):
+                    self.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
+                else:
+                    self.load_verify_locations(cafile=certifi.where())
+                self._loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load_roots()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load_roots()
+        return super().wrap_bio(*args, **kwargs)
+
+
+_roots_lock = threading.Lock()
 
 
 def new_client(

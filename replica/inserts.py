@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, NamedTuple, overload
 
 import msgspec
+from msgspec import UNSET
 
 from replica.wire import UP_TO_DATE, Change, parse_body
 
@@ -33,11 +34,19 @@ class BodyChanges(Sequence[Change]):
         self.columns = columns  # every change is an insert of exactly these columns
         self._count = count
         self._parsed: list[Change] | None = None
+        # (the bulk SELECT, how many parts) while the store has these rows already converted and
+        # attached to its connection (replica.scratch); None otherwise.
+        self.converted: tuple[str, int] | None = None
 
     def _changes(self) -> list[Change]:
         if self._parsed is None:
             self._parsed = [m for m in parse_body(self.body) if isinstance(m, Change)]
         return self._parsed
+
+    @cached_property
+    def escapes(self) -> bool:
+        """True if the body has ``\\u`` escapes: SQLite's JSON reads some differently, so these take the Python path."""
+        return b"\\u" in self.body  # ~1 ms per MB, so asked once
 
     def __len__(self) -> int:
         return self._count
@@ -104,17 +113,47 @@ def parse_whole_inserts(body: bytes, columns: tuple[str, ...]) -> WholeInserts |
     finally:
         if enabled:
             gc.enable()
+    # The usual body: changes, then maybe controls. Checked a field at a time over all changes
+    # (list scans in C), which is ~4x faster than a Python loop over the messages.
+    end = len(decoded)
+    while end and decoded[end - 1].key is UNSET:
+        end -= 1
+    changes = decoded[:end]
+    keys = [message.key for message in changes]
+    rows = [message.value for message in changes]
+    if UNSET in keys:  # a control among the changes
+        return _walk(body, decoded, columns)
+    if not keys or UNSET in rows or UNSET in [message.headers.operation for message in changes]:
+        return None
+    up_to_date = _controls(decoded[end:])
+    if up_to_date is None:
+        return None
+    return WholeInserts(BodyChanges(body, len(keys), frozenset(columns)), keys, rows, up_to_date)
+
+
+def _controls(messages: list[Any]) -> bool | None:
+    """Whether these control messages end in up-to-date; None if one is not a control, or is after it."""
+    up_to_date = False
+    for message in messages:
+        if up_to_date or message.headers.control is UNSET or message.value is not UNSET:
+            return None  # up-to-date must be last; an event or an odd message is parse_body's to judge
+        up_to_date = message.headers.control == UP_TO_DATE
+    return up_to_date
+
+
+def _walk(body: bytes, decoded: list[Any], columns: tuple[str, ...]) -> WholeInserts | None:
+    """``parse_whole_inserts`` for a body with controls among its changes, a message at a time."""
     keys, rows = [], []
     up_to_date = False
     for message in decoded:
         if up_to_date:
             return None  # up-to-date must be last: parse_body reports it
-        if message.key is not msgspec.UNSET:
-            if message.headers.operation is msgspec.UNSET or message.value is msgspec.UNSET:
+        if message.key is not UNSET:
+            if message.headers.operation is UNSET or message.value is UNSET:
                 return None
             keys.append(message.key)
             rows.append(message.value)
-        elif message.headers.control is msgspec.UNSET or message.value is not msgspec.UNSET:
+        elif message.headers.control is UNSET or message.value is not UNSET:
             return None  # an event, or something parse_body should judge
         else:
             up_to_date = message.headers.control == UP_TO_DATE

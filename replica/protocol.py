@@ -228,6 +228,13 @@ class ShapeLog:
         params.sort(key=lambda kv: kv[0])
         return Request(tuple(params), self.live)
 
+    def snapshot_schema(self, response: Response) -> Mapping[str, Any] | None:
+        """The electric-schema ``receive`` would read ``response``'s body with if it may be a snapshot
+        chunk (a 200 to a non-live request, at least ``WHOLE_BODY_BYTES``), else None. Changes nothing."""
+        if response.status != 200 or self.live or len(response.body) < WHOLE_BODY_BYTES:
+            return None
+        return self.schema if self.schema is not None else replies.peek_schema(response.headers)
+
     def receive(self, response: Response) -> Commit | None:
         """Advance on one response to the request last built. Raises per ``replica.errors``."""
         status = response.status
@@ -272,7 +279,7 @@ class ShapeLog:
         schema = self.schema if self.schema is not None else replies.peek_schema(response.headers)
         whole = None
         if schema and len(response.body) >= WHOLE_BODY_BYTES:
-            whole = inserts.parse_whole_inserts(response.body, tuple(schema))
+            whole = inserts.parse_whole_inserts(response.body, tuple(schema))  # snapshot_schema: the same test
         if whole is not None:
             replies.check_row_keys(whole, schema, self._table())
             changes: Sequence[wire.Change] = whole.changes  # the body itself: SQLite reads it

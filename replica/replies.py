@@ -11,7 +11,7 @@ import operator
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from replica import wire
@@ -86,8 +86,25 @@ def check_row_keys(inserts: WholeInserts, schema: Mapping[str, Any], relation: t
     if pk:
         position = {name: i for i, name in enumerate(schema)}
         get = operator.attrgetter(*(f"f{position[column]}" for column in pk))
+        if len(pk) == 1 and _all_match(inserts.keys, [*map(get, inserts.rows)], relation):
+            return
         values = map(get, inserts.rows) if len(pk) > 1 else zip(map(get, inserts.rows))  # tuples either way
         _check_pairs(zip(inserts.keys, values, strict=True), relation)
+
+
+def _all_match(keys: list[str], values: list[str | None], relation: tuple[str, str]) -> bool:
+    """True if every key is the one its single PK value makes; False means: look closer, row by row.
+
+    One comparison of joined strings instead of 100k small ones. NUL joins them: when neither
+    side holds a NUL of its own (JSON can only escape one in), both split back the same way.
+    """
+    if len(keys) != len(values) or None in values:
+        return False
+    joined_keys, joined = "\0".join(keys), "\0".join(cast(list[str], values))
+    if joined_keys.count("\0") != len(keys) - 1 or joined.count("\0") != len(keys) - 1:
+        return False
+    head = wire.relation_key_prefix(*relation) + '/"'
+    return joined_keys == head + joined.replace("/", "//").replace("\0", '"\0' + head) + '"'
 
 
 def _check_pairs(pairs: Iterable[tuple[str, Sequence[str | None]]], relation: tuple[str, str]) -> None:

@@ -24,7 +24,7 @@ from functools import lru_cache
 from replica.schema import Column, SQLValue, TableSchema
 from replica.values import BOOL_TYPES, FLOAT_TYPES, INT_TYPES, JSON_TYPES
 
-__all__ = ["CONVERT_FUNCTION", "bulk_select_sql", "column_sql", "convert_by_spec"]
+__all__ = ["CONVERT_FUNCTION", "attached_name", "attached_select", "bulk_select_sql", "column_sql", "convert_by_spec"]
 
 CONVERT_FUNCTION = "_replica_convert"
 
@@ -119,6 +119,17 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
     present = " AND ".join(f"s.c{i} IS NOT NULL" for i in pk) or "true"
     # LIMIT -1 keeps the subquery from being flattened, so each value is extracted once.
     return (
-        f"SELECT {key}{converted} FROM (SELECT {extract} FROM jsonb_each(jsonb(?1)) AS m "
+        f"SELECT {key}{converted} FROM (SELECT {extract} FROM jsonb_each(?1) AS m "
         f"WHERE json_type(m.value, '$.key') IS NOT NULL LIMIT -1) AS s WHERE {present}"
     )
+
+
+def attached_name(part: int) -> str:
+    """The schema name under which the store attaches part ``part`` of rows converted ahead (replica.scratch)."""
+    return f"replica_scratch{part}"
+
+
+def attached_select(width: int, key: str, part: int) -> str:
+    """``bulk_select_sql``'s result for part ``part`` of rows already converted and attached, in log order."""
+    columns = ", ".join(f"s.c{i}" for i in range(width))
+    return f"SELECT {key}{columns} FROM {attached_name(part)}.rows AS s WHERE true ORDER BY s.rowid"

@@ -21,9 +21,9 @@ from typing import Any, Self
 
 import apsw
 
-from replica import shadow, sqlconvert, staging, tables
+from replica import scratch, shadow, sqlconvert, staging, tables
 from replica.dbfile import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
-from replica.errors import ProtocolError, ShapeError, StoreError
+from replica.errors import ProtocolError, ReplicaError, ShapeError, StoreError
 from replica.protocol import Checkpoint, Commit, Shape
 from replica.publish import Applied, publish
 from replica.schema import TableSchema, check_table_name, fold_ident
@@ -52,7 +52,10 @@ class Store:
         self._mutex = threading.RLock()  # apply runs in a worker thread; status may come from another
         self._claims: dict[str, Shape] = {}
         self._conn: apsw.Connection | None = None
+        self._converter = scratch.Converter()
         memory = self.path in ("", ":memory:")
+        # Opened with URI names on (to ATTACH converted rows, replica.scratch): a path is never one.
+        self._open_path = self.path if memory else os.path.abspath(self.path)
         self._writer_lock = None if memory else StoreLock.acquire(self.path)
         self._busy_timeout = busy_timeout
         self._file_backed = not memory
@@ -68,7 +71,8 @@ class Store:
             raise
 
     def _open(self) -> None:
-        conn = self._conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+        conn = self._conn = apsw.Connection(self._open_path, flags=flags)
         conn.set_busy_timeout(int(self._busy_timeout * 1000))
         if conn.readonly("main"):  # SQLite opens a write-protected file read-only, silently
             raise StoreError(
@@ -118,16 +122,34 @@ class Store:
 
     # --- writing ---
 
-    def apply(self, commit: Commit) -> Applied:
+    def convert_ahead(self, shape: Shape, schema: Mapping[str, Any] | None, body: bytes) -> scratch.Ahead | None:
+        """Start converting a response body's snapshot rows on a worker thread (returns at once).
+
+        ``schema`` is the electric-schema the body would be read with (``ShapeLog.snapshot_schema``).
+        Pass the result to ``apply`` with the commit made of this body. Optional: nothing is
+        written until ``apply``, which converts whatever was not converted ahead.
+        """
+        if schema is None:
+            return None
+        try:
+            table_schema = self._table_schema(shape.local_name, schema)
+        except ReplicaError:  # apply reports it
+            return None
+        return self._converter.start(body, table_schema)
+
+    def apply(self, commit: Commit, ahead: scratch.Ahead | None = None) -> Applied:
         """Stage (``up_to_date`` False) or publish (True) one commit, in one transaction (R1).
+
+        ``ahead``: the conversion ``convert_ahead`` began for the body of this commit, if any.
 
         Re-applying a commit is harmless (R3): inserts upsert, updates merge, deletes of missing
         rows do nothing, and a commit older than the stored position of the same handle is skipped.
         """
         name = commit.shape.local_name
+        parts = ahead.result_for(commit.changes) if ahead else None  # waited for outside the mutex
         with self._mutex, self._translate(f"writing shape {name!r}"):
             self._claim(commit.shape)
-            with self._transaction():
+            with scratch.attached(self._connection(), commit.changes, parts), self._transaction():
                 if commit.up_to_date:
                     return self._publish(commit)
                 return self._stage(commit)
@@ -247,6 +269,7 @@ class Store:
 
     def close(self) -> None:
         """Close the connection and release the single-writer lock. Safe to call twice."""
+        self._converter.close()
         with self._mutex:
             conn, self._conn = self._conn, None
             try:

@@ -253,15 +253,13 @@ class Replica:
             response = None
             sent_at = time.monotonic()
             try:
-                response = await http.fetch(
-                    client,
-                    self.url,
-                    request,
-                    headers={**await self._resolve(self._headers), **extra_headers},
-                    params=await self._request_params(),
-                    timeout=self._live_timeout if request.live else self._request_timeout,
-                )
+                headers = {**await self._resolve(self._headers), **extra_headers}
+                timeout = self._live_timeout if request.live else self._request_timeout
+                params = await self._request_params()
+                response = await http.fetch(client, self.url, request, headers=headers, params=params, timeout=timeout)
                 self._observe("response", name, status=response.status, size=len(response.body))
+                # Snapshot rows convert on worker threads while the body is validated and the writer catches up.
+                ahead = self._require_store().convert_ahead(shape, shape_log.snapshot_schema(response), response.body)
                 commit = shape_log.receive(response)
                 if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
                     self._observe("refetch", name)
@@ -273,9 +271,9 @@ class Replica:
                     # Stage in the writer thread while the next response downloads (SQLite runs
                     # without the GIL); its errors surface before anything else is written.
                     pending = InFlight()
-                    staging.start_soon(pending.run, self._call_store, self._require_store().apply, commit)
+                    staging.start_soon(pending.run, self._call_store, self._require_store().apply, commit, ahead)
                 elif commit is not None:
-                    applied = await self._call_store(self._require_store().apply, commit)
+                    applied = await self._call_store(self._require_store().apply, commit, ahead)
                     self._observe("commit", name, applied=applied)
                     if applied.published:
                         await self._notify(applied)

@@ -300,20 +300,29 @@ def bulk_write(
 ) -> bool:
     """Run ``into(select)``, the select reading ``changes`` from their body; False (nothing written) if it cannot.
 
-    Not for bodies with ``\\u`` escapes (a lone surrogate or NUL would read differently in
-    SQLite). Any failure — a value only the Python converters can judge refusing, a count that
-    does not match, a NULL key — rolls back, and the Python path takes over and names the problem.
+    Rows a worker already converted (``changes.converted``) are copied instead. Not for bodies
+    with ``\\u`` escapes (a lone surrogate or NUL would read differently in SQLite). Any failure
+    — a value only the Python converters can judge refusing, a count that does not match, a NULL
+    key — rolls back, and the Python path takes over and names the problem.
     """
-    body = changes.body
-    if changes.columns != frozenset(schema.names) or b"\\u" in body:
+    if changes.columns != frozenset(schema.names) or changes.escapes:
         return False
     select = sqlconvert.bulk_select_sql(schema, key)
     if select is None:
         return False
+    ready = changes.converted
+    if ready is not None and "s.k" not in key and ready[0] == sqlconvert.bulk_select_sql(schema):
+        # Converted ahead by workers (replica.scratch): only the copy is left to do, part by part.
+        statements = [(into(sqlconvert.attached_select(len(schema.names), key, part)), ()) for part in range(ready[1])]
+    else:
+        statements = [(into(select), (changes.body.decode("utf-8"),))]
     conn.execute("SAVEPOINT _replica_bulk")
     try:
-        conn.execute(into(select), (body.decode("utf-8"),))
-        if conn.changes() != len(changes):  # e.g. a NULL key (the SELECT leaves those out)
+        written = 0
+        for statement, params in statements:
+            conn.execute(statement, params, can_cache=False)  # a cached statement would keep the body bound
+            written += conn.changes()
+        if written != len(changes):  # e.g. a NULL key (the SELECT leaves those out)
             raise ValueError("the body holds other changes than were parsed")
     except Exception:  # the Python path is the reference: it reports what is wrong
         conn.execute("ROLLBACK TO _replica_bulk")

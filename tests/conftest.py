@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -72,3 +73,20 @@ def pg_cluster() -> Iterator[PgCluster]:
 def pg_dsn(pg_cluster: PgCluster) -> str:
     """The DSN of a new, empty database in the session's cluster."""
     return pg.new_database(pg_cluster)
+
+
+@pytest.fixture
+def bulk_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
+    """Spy on ``tables.bulk_write``: per call, (its answer, how many parts converted ahead were attached)."""
+    from replica import tables
+
+    calls: list[tuple[bool, int]] = []
+    real = tables.bulk_write
+
+    def bulk_write(conn: Any, changes: Any, *args: Any, **kwargs: Any) -> bool:
+        parts = changes.converted[1] if changes.converted else 0
+        calls.append((real(conn, changes, *args, **kwargs), parts))
+        return calls[-1][0]
+
+    monkeypatch.setattr(tables, "bulk_write", bulk_write)
+    return calls

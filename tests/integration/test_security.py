@@ -249,6 +249,18 @@ def test_tls_is_verified_by_default_and_a_ca_file_makes_a_private_ca_work(
     assert local(tmp_path / "trusted.db", "items", ["id"]) == {(1,): {"id": 1, "title": "over tls"}}
 
 
+def test_default_verification_loads_its_roots_at_the_first_handshake(
+    tmp_path: Path, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default context defers loading roots (plain-HTTP syncs never need them). Where they come
+    # from follows httpx: SSL_CERT_FILE, read at the handshake (the refusal above shows certifi's).
+    cert, key = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with https_electric(cert, key) as url:
+        anyio.run(_run_once, Replica(tmp_path / "env.db", url, Shape("items")))
+    assert local(tmp_path / "env.db", "items", ["id"]) == {(1,): {"id": 1, "title": "over tls"}}
+
+
 def test_the_cli_and_the_config_take_a_ca_file_and_name_a_missing_one(
     tmp_path: Path, certificate: tuple[Path, Path]
 ) -> None:

@@ -267,18 +267,8 @@ async def test_an_unexpected_bug_in_one_shape_stops_only_that_shape(db: Path) ->
 # --- the snapshot path: big chunks of inserts read by SQLite, staged while the next one downloads ---
 
 
-@pytest.fixture
-def bulk_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    from replica import tables
-
-    calls: list[bool] = []
-    real = tables.bulk_write
-    monkeypatch.setattr(tables, "bulk_write", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
-    return calls
-
-
 async def test_a_chunked_snapshot_over_loopback_takes_the_sqlite_path_and_converges(
-    db: Path, bulk_calls: list[bool]
+    db: Path, bulk_calls: list[tuple[bool, int]]
 ) -> None:
     fake = make_fake(3000, chunk_bytes=40_000)
     with serve_in_thread(fake) as server:
@@ -288,7 +278,7 @@ async def test_a_chunked_snapshot_over_loopback_takes_the_sqlite_path_and_conver
             fake.insert("items", row(5000))  # live changes still take the Python path
             fake.update("items", {"id": "7", "title": "seven"})
             await eventually(lambda: converged(fake, db))
-    assert len(bulk_calls) >= 5 and all(bulk_calls)
+    assert len(bulk_calls) >= 5 and set(bulk_calls) == {(True, 1)}  # each chunk converted ahead, then copied
 
 
 class LyingFake(FakeElectric):
@@ -301,7 +291,7 @@ class LyingFake(FakeElectric):
 
 
 async def test_a_bad_value_in_a_big_chunk_is_refused_by_name_and_shows_no_partial_snapshot(
-    db: Path, bulk_calls: list[bool]
+    db: Path, bulk_calls: list[tuple[bool, int]]
 ) -> None:
     fake = LyingFake(chunk_bytes=40_000, long_poll_timeout=0.3)
     fake.create_table("items", COLUMNS, rows=[row(i) for i in range(1, 3001)])
@@ -310,4 +300,5 @@ async def test_a_bad_value_in_a_big_chunk_is_refused_by_name_and_shows_no_partia
             await eventually(lambda: "maybe" in (replica.status()[0].error or ""))
             assert "column 'done' (bool): cannot store 'maybe'" in (replica.status()[0].error or "")
             assert local(db, "items", PK) == {}  # R2: the chunks staged before it stay invisible
-    assert True in bulk_calls and False in bulk_calls  # earlier chunks staged by SQLite; the lying one refused
+    # Earlier chunks converted ahead and copied; the lying one's conversion failed, and so did the writer's.
+    assert (True, 1) in bulk_calls and (False, 0) in bulk_calls

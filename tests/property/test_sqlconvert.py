@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replica import sqlconvert, tables
+from replica import scratch, sqlconvert
 from replica.errors import ProtocolError
 from replica.protocol import Checkpoint, Commit, Shape
 from replica.schema import Column
@@ -119,11 +119,12 @@ def body_of(changes: tuple[Change, ...]) -> bytes:
 
 
 def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: int = 7,
-             existing: bool = False) -> list[tuple[Any, ...]]:
+             existing: bool = False, ahead: bool = False) -> list[tuple[Any, ...]]:
     """Stage all but ``last`` values, then publish; ``whole``: as the protocol hands on big bodies.
 
     ``existing``: the table exists first, so the snapshot is a refetch staged typed (replica.staging);
-    otherwise it is the table's first, staged in its own layout (replica.shadow).
+    otherwise it is the table's first, staged in its own layout (replica.shadow). ``ahead``: each
+    body is converted ahead by the store's workers, in parts (replica.scratch), as the sync loop does.
     """
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"] or ""]), v, {"operation": "insert"}) for v in values
@@ -136,7 +137,8 @@ def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: in
         for part, up_to_date in ((changes[:-last], False), (changes[-last:], True)):
             checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, SCHEMA, up_to_date)
             given: Any = BodyChanges(body_of(part), len(part), frozenset(SCHEMA)) if whole else part
-            store.apply(Commit(shape, given, checkpoint, up_to_date))
+            converted = store.convert_ahead(shape, SCHEMA, given.body) if ahead else None
+            store.apply(Commit(shape, given, checkpoint, up_to_date), converted)
         table = store.connection.execute(
             'SELECT typeof(id), id, name, flag, amount, "at", typeof(score), quote(score), tags, doc, "odd name ü" '
             "FROM items ORDER BY id"
@@ -151,25 +153,27 @@ def test_bulk_snapshot_equals_python_snapshot(
 ) -> None:
     values = [{"id": str(i), **v} for i, v in enumerate(values)]
     folder = tmp_path_factory.mktemp("bulk")
-    bulk = snapshot(str(folder / "bulk.db"), values, True, existing=existing)
-    assert bulk == snapshot(str(folder / "python.db"), values, False, existing=existing)
+    python = snapshot(str(folder / "python.db"), values, False, existing=existing)
+    assert snapshot(str(folder / "bulk.db"), values, True, existing=existing) == python
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scratch, "MIN_PART", 0)  # these bodies are small: cut them anyway
+        assert snapshot(str(folder / "ahead.db"), values, True, existing=existing, ahead=True) == python
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["converted by the writer", "converted ahead"])
 @pytest.mark.parametrize("existing", [False, True], ids=["first snapshot", "refetch"])
-def test_bulk_path_is_taken(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, existing: bool) -> None:
-    taken: list[bool] = []
-    real = tables.bulk_write
-    monkeypatch.setattr(tables, "bulk_write", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+def test_bulk_path_is_taken(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, bulk_calls: list[tuple[bool, int]], existing: bool, ahead: bool
+) -> None:
+    monkeypatch.setattr(scratch, "MIN_PART", 0)
     values = [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": "2024-01-02 03:04:05.5+00",
                "score": "1.5", "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(300)]
-    snapshot(str(tmp_path / "a.db"), values, True, last=150, existing=existing)
-    assert taken == [True, True]  # the stage, then the last response joining it at publish
+    snapshot(str(tmp_path / "a.db"), values, True, last=150, existing=existing, ahead=ahead)
+    # The stage, then the last response joining it at publish; ahead, each body in two parts.
+    assert bulk_calls == [(True, 2 if ahead else 0)] * 2
 
 
-def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken: list[bool] = []
-    real = tables.bulk_write
-    monkeypatch.setattr(tables, "bulk_write", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, bulk_calls: list[tuple[bool, int]]) -> None:
     values = [{"id": str(i), "name": "x", "flag": "t", "amount": None, "at": None, "score": "1", "tags": None,
                "doc": None, "odd name ü": "1"} for i in range(200)]
     values[150]["odd name ü"] = "12abc"
@@ -182,4 +186,4 @@ def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, monkeyp
             store.apply(Commit(Shape("items"), whole, Checkpoint("h", "0_0", None, SCHEMA, False), False))
         assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_new_%' "
                                         "OR name LIKE '_replica_rows_%'").fetchone()[0] == 0
-    assert taken == [False]  # SQLite tried, the Python converter refused the value, SQLite rolled back
+    assert bulk_calls == [(False, 0)]  # SQLite tried, the Python converter refused the value, SQLite rolled back

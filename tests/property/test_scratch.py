@@ -1,0 +1,114 @@
+"""Rows converted ahead (replica.scratch): cut only between messages, used only for their own body.
+
+``split`` is allowed to guess: its guarantee is that every part is valid JSON only when the cut
+fell between elements, so a wrong guess makes a conversion fail rather than convert other rows.
+The property checks that guarantee on hostile bodies: strings holding the boundary text, nested
+arrays of objects, and both compact and spaced separators.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import apsw
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replica import scratch
+from replica.errors import ProtocolError
+from replica.inserts import BodyChanges
+from replica.protocol import Checkpoint, Commit, Shape
+from replica.store import Store
+from replica.wire import build_key
+
+SQLITE = apsw.Connection(":memory:")
+_tricky = st.sampled_from(['},{"', '}, {"key"', '"},{"', "}", "{", "[", "]", ",", '\\"', "x"])
+_text = st.lists(st.one_of(_tricky, st.text('ab{}[],:" \\é', max_size=3)), max_size=5).map("".join)
+_names = st.sampled_from(["key", "value", "headers", '},{"', '"}, {"key', "{[", "é"])
+_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _text),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_names, inner, max_size=3)),
+    max_leaves=8,
+)
+_elements = st.lists(st.dictionaries(_names, _json, min_size=1, max_size=4), min_size=1, max_size=12)
+
+
+@settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(elements=_elements, parts=st.integers(1, 4), spaced=st.booleans())
+def test_a_cut_is_between_elements_or_makes_invalid_json(
+    elements: list[dict[str, Any]], parts: int, spaced: bool
+) -> None:
+    body = json.dumps(elements, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    ranges = scratch.split(body, parts, min_part=0)
+    assert 1 <= len(ranges) <= parts and ranges[0][0] == 0 and ranges[-1][1] == len(body)
+    texts = [scratch._text(body, start, end) for start, end in ranges]
+    # SQLite's reader (JSON5, a superset) decides whether a part converts at all.
+    if not all(SQLITE.execute("SELECT json_valid(?, 2)", (text,)).fetchone()[0] for text in texts):
+        return  # a wrong cut: that part fails to convert, and the writer converts the body itself
+    assert [element for text in texts for element in json.loads(text)] == elements
+
+
+def test_messages_are_cut_into_halves_and_small_bodies_kept_whole() -> None:
+    messages = [{"key": f'"public"."t"/"{i}"', "value": {"id": str(i)}, "headers": {"operation": "insert"}}
+                for i in range(20_000)]
+    body = json.dumps(messages, separators=(",", ":")).encode()
+    assert len(body) > 2 * scratch.MIN_PART
+    first, second = scratch.split(body)
+    assert first[0] == 0 and second[1] == len(body) and first[1] < second[0]
+    halves = [json.loads(scratch._text(body, *cut)) for cut in (first, second)]
+    assert halves[0] + halves[1] == messages and 0 <= first[1] - len(body) // 2 < 100  # the first cut after the middle
+    small = body[: scratch.MIN_PART].rsplit(b",{", 1)[0] + b"]"
+    assert scratch.split(small) == [(0, len(small))]
+
+
+# --- through the store ---
+
+SCHEMA = {"id": {"type": "int8", "pk_index": 0, "not_null": True}, "n": {"type": "int4"}}
+
+
+def changes_of(rows: range, bad: int | None = None) -> BodyChanges:
+    body = json.dumps([
+        {"key": build_key("public", "items", [str(i)]), "value": {"id": str(i), "n": "x1" if i == bad else str(i)},
+         "headers": {"operation": "insert"}} for i in rows
+    ]).encode()
+    return BodyChanges(body, len(rows), frozenset(SCHEMA))
+
+
+@pytest.fixture
+def spy(bulk_calls: list[tuple[bool, int]], monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
+    monkeypatch.setattr(scratch, "MIN_PART", 0)  # these bodies are small: cut them anyway
+    return bulk_calls
+
+
+def publish(store: Store, changes: BodyChanges, ahead: scratch.Ahead | None) -> None:
+    """Stage ``changes`` (a table's first snapshot, so into its shadow), then publish them."""
+    store.apply(Commit(Shape("items"), changes, Checkpoint("h", "0_0", None, SCHEMA, False), False), ahead)
+    store.apply(Commit(Shape("items"), (), Checkpoint("h", "0_inf", None, SCHEMA, True), True))
+
+
+def test_a_conversion_is_used_only_for_the_commit_of_its_own_body(tmp_path: Any, spy: list[tuple[bool, int]]) -> None:
+    with Store(str(tmp_path / "a.db")) as store:
+        twin = changes_of(range(1, 301))  # the same bytes, another body
+        publish(store, changes_of(range(1, 301)), store.convert_ahead(Shape("items"), SCHEMA, twin.body))
+        assert store.connection.execute("SELECT count(*), sum(n) FROM items").fetchone() == (300, 45150)
+        attached = [row[1] for row in store.connection.execute("PRAGMA database_list")]
+        assert not [name for name in attached if name.startswith("replica_scratch")]  # nothing left attached
+    assert spy == [(True, 0)]  # converted by the writer: the conversion was not for this body
+
+
+def test_a_bad_value_in_one_part_is_named_by_the_python_route(tmp_path: Any, spy: list[tuple[bool, int]]) -> None:
+    with Store(str(tmp_path / "a.db")) as store:
+        changes = changes_of(range(1, 301), bad=250)
+        ahead = store.convert_ahead(Shape("items"), SCHEMA, changes.body)
+        with pytest.raises(ProtocolError, match="column 'n' \\(int4\\): cannot store 'x1'"):
+            publish(store, changes, ahead)
+        assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'items'").fetchone() == (0,)
+    assert spy == [(False, 0)]  # the second half failed, so neither was used, and SQLite refused it too
+
+
+def test_a_closed_store_converts_nothing_ahead(tmp_path: Any) -> None:
+    store = Store(str(tmp_path / "a.db"))
+    store.close()
+    assert store.convert_ahead(Shape("items"), SCHEMA, changes_of(range(1, 301)).body) is None
