@@ -45,11 +45,10 @@ _BOUNDARY = re.compile(rb'}\s*,\s*{\s*"')  # Electric sends "},{", json.dumps "}
 class Converted:
     """The rows of one part of a body, converted and held in a process-private in-memory database."""
 
-    def __init__(self, conn: apsw.Connection, uri: str, select: str, rows: int) -> None:
+    def __init__(self, conn: apsw.Connection, uri: str, select: str) -> None:
         self._conn = conn  # keeps the memdb alive until closed
         self.uri = uri
         self.select = select  # the bulk SELECT the rows came from
-        self.rows = rows
 
     def close(self) -> None:
         self._conn.close()
@@ -95,13 +94,12 @@ def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted
         conn.execute(f"CREATE TABLE rows ({', '.join(f'c{i}' for i in range(len(schema.names)))})")
         # Not cached: a cached statement would keep its ~5 MB binding alive.
         conn.execute(f"INSERT INTO rows {select}", (_text(body, start, end),), can_cache=False)
-        rows = conn.changes()
         conn.execute("PRAGMA shrink_memory")  # the page cache: the rows are in the memdb itself
     except Exception:  # invalid UTF-8 or JSON, a value the SQL refuses, out of memory: the writer's route decides
         if conn is not None:
             conn.close()
         return None
-    return Converted(conn, uri, select, rows)
+    return Converted(conn, uri, select)
 
 
 class Ahead:

@@ -1,10 +1,11 @@
 """The benchmark: replica against the machine's ceiling and the JS peers, in one bounded run.
 
-    .venv/bin/python scripts/bench/run.py [--full] [--no-peers] [--no-chart]   (or: scripts/bench/run)
+    .venv/bin/python scripts/bench/run.py [--full] [--repeat N] [--no-peers] [--no-chart]   (or: scripts/bench/run)
 
 Loopback only. Datasets (data.py): ``narrow`` (~150 B rows) and ``wide`` (~1 KB rows), pre-encoded
 once into bench-results/data/ and served by static_server.py (no work per request). Measures:
-  initial   `replica sync --once`: sync start to commit (its --verbose timer, as the peers time
+  initial   best of 3 runs each at 100k rows (--repeat), one at 1M:
+            `replica sync --once`: sync start to commit (its --verbose timer, as the peers time
             themselves; the process wall time is recorded too) and peak RSS, 100k rows
             (and 1M with --full); the ceiling (ceiling.py, best in-process variant); the peers
             (@electric-sql/client Shape, pglite-sync into PGlite) from the same server
@@ -92,49 +93,66 @@ def dataset(name: str, rows: int) -> Path:
     return folder
 
 
-def initial(name: str, rows: int, peers: bool, tmp: Path) -> dict[str, Any]:
+def initial(name: str, rows: int, peers: bool, tmp: Path, repeat: int) -> dict[str, Any]:
+    """Each contestant ``repeat`` times, alternating, keeping its best run (all runs' seconds are recorded)."""
     folder = dataset(name, rows)
     index = json.loads((folder / "index.json").read_text())
     server = Server([PY, str(HERE / "static_server.py"), str(folder)])
     result: dict[str, Any] = {"dataset": name, "rows": rows, "body_bytes": index["bytes"],
-                              "bytes_per_row": round(index["bytes"] / rows)}
+                              "bytes_per_row": round(index["bytes"] / rows), "runs_each": repeat}
     try:
-        db = tmp / f"{name}-{rows}.db"
-        wall, rss, _, err = run_rss(
-            [PY, "-m", "replica", "sync", server.first, "--table", name, "--db", str(db), "--once", "--verbose"]
-        )
-        # Like the peers' own timers: from the start of the sync to the commit (no interpreter start-up).
-        seconds = float(re.findall(r"\(([0-9.]+) s since the sync began\)", err)[-1])
-        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-        count = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-        conn.close()
-        assert count == rows, (count, rows)
-        result["replica"] = {"seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-                             "process_seconds": round(wall, 2), "peak_rss_mb": round(rss, 1)}
-        _, _, out, _ = run_rss([PY, str(HERE / "ceiling.py"), str(folder)])
-        ceiling = json.loads(out)
-        result["ceiling"] = ceiling
-        result["ceiling_rows_per_s"] = ceiling[ceiling["best"]]
-        if peers:
-            for peer in ("client", "pglite"):
-                cmd = ["node", str(HERE / "peer.mjs"), peer, server.first, name, str(rows)]
-                if peer == "pglite":
-                    cmd.append(DDL[name])
-                # pglite-sync's fastest initial insert is csv; it fails on some rows (wide), then insert.
-                for method in ("csv", "insert") if peer == "pglite" else ("-",):
-                    try:
-                        wall, rss, out, _ = run_rss(cmd, timeout=900, env={"PGLITE_INSERT": method})
-                        break
-                    except RuntimeError as exc:
-                        print(f"  {peer} ({method}) failed: {str(exc).splitlines()[-1][:200]}")
-                line = json.loads(out.strip().splitlines()[-1])
-                result[peer] = {"seconds": round(line["seconds"], 2), "rows_per_s": round(rows / line["seconds"]),
-                                "process_seconds": round(wall, 2), "peak_rss_mb": round(rss, 1)}
-                if peer == "pglite":
-                    result[peer]["initial_insert"] = method
+        for attempt in range(repeat):
+            keep_best(result, "replica", replica_sync(server, name, rows, tmp / f"{name}-{rows}-{attempt}.db"))
+            _, _, out, _ = run_rss([PY, str(HERE / "ceiling.py"), str(folder)])
+            ceiling = json.loads(out)
+            if ceiling[ceiling["best"]] > result.get("ceiling_rows_per_s", 0):
+                result["ceiling"], result["ceiling_rows_per_s"] = ceiling, ceiling[ceiling["best"]]
+            for peer in ("client", "pglite") if peers else ():
+                keep_best(result, peer, node_peer(server, peer, name, rows))
     finally:
         server.close()
     return result
+
+
+def keep_best(result: dict[str, Any], who: str, run: dict[str, Any]) -> None:
+    seconds = [*result.get(who, {}).get("runs_seconds", []), run["seconds"]]
+    rss = [*result.get(who, {}).get("runs_peak_rss_mb", []), run["peak_rss_mb"]]
+    if who not in result or run["rows_per_s"] > result[who]["rows_per_s"]:
+        result[who] = run
+    result[who].update(runs_seconds=seconds, runs_peak_rss_mb=rss)
+
+
+def replica_sync(server: Server, name: str, rows: int, db: Path) -> dict[str, Any]:
+    wall, rss, _, err = run_rss(
+        [PY, "-m", "replica", "sync", server.first, "--table", name, "--db", str(db), "--once", "--verbose"]
+    )
+    # Like the peers' own timers: from the start of the sync to the commit (no interpreter start-up).
+    seconds = float(re.findall(r"\(([0-9.]+) s since the sync began\)", err)[-1])
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    count = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+    conn.close()
+    assert count == rows, (count, rows)
+    return {"seconds": round(seconds, 2), "rows_per_s": round(rows / seconds), "process_seconds": round(wall, 2),
+            "peak_rss_mb": round(rss, 1)}
+
+
+def node_peer(server: Server, peer: str, name: str, rows: int) -> dict[str, Any]:
+    cmd = ["node", str(HERE / "peer.mjs"), peer, server.first, name, str(rows)]
+    if peer == "pglite":
+        cmd.append(DDL[name])
+    # pglite-sync's fastest initial insert is csv; it fails on some rows (wide), then insert.
+    for method in ("csv", "insert") if peer == "pglite" else ("-",):
+        try:
+            wall, rss, out, _ = run_rss(cmd, timeout=900, env={"PGLITE_INSERT": method})
+            break
+        except RuntimeError as exc:
+            print(f"  {peer} ({method}) failed: {str(exc).splitlines()[-1][:200]}")
+    line = json.loads(out.strip().splitlines()[-1])
+    run = {"seconds": round(line["seconds"], 2), "rows_per_s": round(rows / line["seconds"]),
+           "process_seconds": round(wall, 2), "peak_rss_mb": round(rss, 1)}
+    if peer == "pglite":
+        run["initial_insert"] = method
+    return run
 
 
 def percentiles(released: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
@@ -229,8 +247,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['dataset']} ({r['bytes_per_row']} B/msg) | {r['rows']:,} | {rep:,} | "
             f"{r['replica'].get('process_seconds', '-')} | {r['replica']['peak_rss_mb']} | "
-            f"{ceil:,} ({r['ceiling']['best']}) | {rep / ceil:.2f} | {client or '-':,} | {pglite or '-':,} | "
-            f"{(rep / pglite) if pglite else float('nan'):.2f} |"
+            f"{ceil:,} ({r['ceiling']['best']}) | {rep / ceil:.2f} | {f'{client:,}' if client else '-'} | "
+            f"{f'{pglite:,}' if pglite else '-'} | {f'{rep / pglite:.2f}' if pglite else '-'} |"
         )
     lines.append("")
     lines.append("| live latency (500 changes, 10 ms apart) | p50 ms | p99 ms | max ms |")
@@ -254,10 +272,12 @@ def targets(report: dict[str, Any]) -> list[str]:
             ratio = rep / r["pglite"]["rows_per_s"]
             out.append(f"{r['dataset']} {r['rows']:,}: replica/pglite-sync {ratio:.2f} (target >= 5) "
                        f"{'MET' if ratio >= 5 else 'not met'}")
-    by = {(r["dataset"], r["rows"]): r["replica"]["peak_rss_mb"] for r in report["initial"]}
+    # The memory targets take the largest peak at 1M and the smallest at 100k: the strictest reading.
+    by = {(r["dataset"], r["rows"]): r["replica"].get("runs_peak_rss_mb", [r["replica"]["peak_rss_mb"]])
+          for r in report["initial"]}
     for name in ("narrow", "wide"):
         if (name, 1_000_000) in by:
-            big, small = by[(name, 1_000_000)], by[(name, 100_000)]
+            big, small = max(by[(name, 1_000_000)]), min(by[(name, 100_000)])
             ok = big <= 150 and big <= 1.3 * small
             out.append(f"{name}: peak RSS 1M {big} MB, 1M/100k {big / small:.2f} (target <= 150 MB and <= 1.3) "
                        f"{'MET' if ok else 'not met'}")
@@ -312,6 +332,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="also sync 1,000,000 rows (adds ~10-15 minutes)")
     parser.add_argument("--no-peers", action="store_true", help="skip the node peers")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each contestant at 100,000 rows, best kept (default 3; 1M rows run once)")
     parser.add_argument("--no-chart", action="store_true", help="do not write docs/performance.png")
     parser.add_argument("--idle-window", type=float, default=30.0, help="seconds to sample idle CPU (default 30)")
     args = parser.parse_args()
@@ -326,7 +348,7 @@ def main() -> None:
         for name in ("narrow", "wide"):
             for rows in sizes:
                 print(f"initial sync: {name} x {rows:,}", flush=True)
-                report["initial"].append(initial(name, rows, peers, tmp))
+                report["initial"].append(initial(name, rows, peers, tmp, args.repeat if rows <= 100_000 else 1))
         # Flush what the initial syncs wrote (GBs with --full): writeback during the live phase
         # once put its p99 at 26-126 ms where a quiet machine measures 6-8 ms.
         os.sync()
