@@ -163,7 +163,7 @@ class Converter:
 def attached(conn: apsw.Connection, changes: object, parts: list[Converted] | None) -> Iterator[None]:
     """Attach ``parts`` (the rows of ``changes``, in order) to ``conn`` for the duration, then free them.
 
-    ATTACH and DETACH cannot run inside a transaction: use this around one. While attached,
+    Use it around the transaction that copies them: DETACH fails inside it. While attached,
     ``changes.converted`` tells ``tables.bulk_write`` to copy the rows rather than convert them.
     """
     if not parts or not isinstance(changes, BodyChanges) or len({p.select for p in parts}) != 1:
@@ -177,7 +177,7 @@ def attached(conn: apsw.Connection, changes: object, parts: list[Converted] | No
             for i, part in enumerate(parts):
                 conn.execute(f"ATTACH ? AS {attached_name(i)}", (part.uri,))
                 names.append(attached_name(i))
-        except apsw.Error:  # e.g. already inside a transaction: the usual route converts the body itself
+        except apsw.Error:  # e.g. the name is taken (a DETACH that failed): the usual route converts the body itself
             _detach(conn, names)
             names = []
         if len(names) == len(parts):

@@ -112,3 +112,32 @@ def test_a_closed_store_converts_nothing_ahead(tmp_path: Any) -> None:
     store = Store(str(tmp_path / "a.db"))
     store.close()
     assert store.convert_ahead(Shape("items"), SCHEMA, changes_of(range(1, 301)).body) is None
+
+
+def test_parts_that_cannot_be_attached_leave_the_writer_its_own_route(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scratch, "MIN_PART", 0)
+    with Store(str(tmp_path / "a.db")) as store:
+        changes, conn = changes_of(range(1, 301)), store.connection
+
+        def parts() -> list[scratch.Converted] | None:
+            ahead = store.convert_ahead(Shape("items"), SCHEMA, changes.body)
+            return ahead.result_for(changes) if ahead is not None else None
+
+        conn.execute("ATTACH ':memory:' AS replica_scratch1")  # e.g. left by a DETACH that failed
+        with scratch.attached(conn, changes, parts()):
+            assert changes.converted is None
+            assert [row[1] for row in conn.execute("PRAGMA database_list")][-1] == "replica_scratch1"  # part 0 undone
+        conn.execute("DETACH replica_scratch1")
+        with scratch.attached(conn, changes, parts()):
+            assert changes.converted is not None and changes.converted[1] == 2
+            assert conn.execute("SELECT count(*) FROM replica_scratch1.rows").fetchone()[0] > 100
+        assert changes.converted is None
+        assert not [row for row in conn.execute("PRAGMA database_list") if row[1].startswith("replica_scratch")]
+
+
+def test_a_schema_the_store_cannot_use_is_left_for_apply_to_report(tmp_path: Any) -> None:
+    with Store(str(tmp_path / "a.db")) as store:
+        assert store.convert_ahead(Shape("items"), {"id": {"type": "int8", "dims": "x"}}, b"[]") is None
+        assert store.convert_ahead(Shape("items"), None, b"[]") is None

@@ -274,3 +274,17 @@ def test_definition_binds_every_server_side_field() -> None:
     assert len({base.definition(), *(v.definition() for v in variants)}) == 6
     assert Shape("ITEMS", where="a = $1", params={"1": "x"}).definition() == base.definition()
     assert Shape("items", where="a = $1", params={"1": "x"}, name="local").definition() == base.definition()
+
+
+def test_snapshot_schema_names_the_schema_a_snapshot_chunk_would_be_read_with() -> None:
+    # What the sync loop converts ahead with (replica.scratch): only for bodies receive may take as a snapshot chunk.
+    big = [INSERT] * 400
+    initial, syncing, live = make_log("initial"), make_log("syncing"), make_log("live")
+    fresh = ok(initial, big)
+    assert len(fresh.body) >= 16 * 1024
+    assert initial.snapshot_schema(fresh) == SCHEMA  # from the header: the log has no schema yet
+    assert syncing.snapshot_schema(ok(syncing, big, drop=(wire.H_SCHEMA,))) == SCHEMA  # the log's own
+    assert syncing.snapshot_schema(ok(syncing, [INSERT])) is None  # too small to be a chunk
+    assert live.snapshot_schema(ok(live, big)) is None  # a live answer is changes
+    assert initial.snapshot_schema(Response(409, fresh.headers, fresh.body)) is None
+    assert initial.offset == "-1" and initial.schema is None  # asking changed nothing
