@@ -14,7 +14,6 @@ from functools import cached_property, lru_cache
 from typing import Any, Literal, NamedTuple, overload
 
 import msgspec
-from msgspec import UNSET
 
 from replica.wire import UP_TO_DATE, Change, parse_body
 
@@ -113,47 +112,17 @@ def parse_whole_inserts(body: bytes, columns: tuple[str, ...]) -> WholeInserts |
     finally:
         if enabled:
             gc.enable()
-    # The usual body: changes, then maybe controls. Checked a field at a time over all changes
-    # (list scans in C), which is ~4x faster than a Python loop over the messages.
-    end = len(decoded)
-    while end and decoded[end - 1].key is UNSET:
-        end -= 1
-    changes = decoded[:end]
-    keys = [message.key for message in changes]
-    rows = [message.value for message in changes]
-    if UNSET in keys:  # a control among the changes
-        return _walk(body, decoded, columns)
-    if not keys or UNSET in rows or UNSET in [message.headers.operation for message in changes]:
-        return None
-    up_to_date = _controls(decoded[end:])
-    if up_to_date is None:
-        return None
-    return WholeInserts(BodyChanges(body, len(keys), frozenset(columns)), keys, rows, up_to_date)
-
-
-def _controls(messages: list[Any]) -> bool | None:
-    """Whether these control messages end in up-to-date; None if one is not a control, or is after it."""
-    up_to_date = False
-    for message in messages:
-        if up_to_date or message.headers.control is UNSET or message.value is not UNSET:
-            return None  # up-to-date must be last; an event or an odd message is parse_body's to judge
-        up_to_date = message.headers.control == UP_TO_DATE
-    return up_to_date
-
-
-def _walk(body: bytes, decoded: list[Any], columns: tuple[str, ...]) -> WholeInserts | None:
-    """``parse_whole_inserts`` for a body with controls among its changes, a message at a time."""
     keys, rows = [], []
     up_to_date = False
     for message in decoded:
         if up_to_date:
             return None  # up-to-date must be last: parse_body reports it
-        if message.key is not UNSET:
-            if message.headers.operation is UNSET or message.value is UNSET:
+        if message.key is not msgspec.UNSET:
+            if message.headers.operation is msgspec.UNSET or message.value is msgspec.UNSET:
                 return None
             keys.append(message.key)
             rows.append(message.value)
-        elif message.headers.control is UNSET or message.value is not UNSET:
+        elif message.headers.control is msgspec.UNSET or message.value is not msgspec.UNSET:
             return None  # an event, or something parse_body should judge
         else:
             up_to_date = message.headers.control == UP_TO_DATE
