@@ -279,7 +279,7 @@ class ShapeLog:
         schema = self.schema if self.schema is not None else replies.peek_schema(response.headers)
         whole = None
         if schema and len(response.body) >= WHOLE_BODY_BYTES:
-            whole = inserts.parse_whole_inserts(response.body, tuple(schema))  # snapshot_schema: the same test
+            whole = inserts.parse_whole_inserts(response.body, tuple(schema))
         if whole is not None:
             replies.check_row_keys(whole, schema, self._table())
             changes: Sequence[wire.Change] = whole.changes  # the body itself: SQLite reads it
