@@ -1,4 +1,4 @@
-"""Snapshot rows converted ahead of the writer, on a worker thread, into in-memory databases.
+"""Snapshot rows converted ahead of the writer, on worker threads, into in-memory databases.
 
 Reading and converting a ~10 MB snapshot body in SQL (replica.sqlconvert) is most of an initial
 sync. Inside the writer's transaction it would wait for the body to be validated, and then hold
@@ -166,7 +166,7 @@ def attached(conn: apsw.Connection, changes: object, parts: list[Converted] | No
     Use it around the transaction that copies them: DETACH fails inside it. While attached,
     ``changes.converted`` tells ``tables.bulk_write`` to copy the rows rather than convert them.
     """
-    if not parts or not isinstance(changes, BodyChanges) or len({p.select for p in parts}) != 1:
+    if not parts or not isinstance(changes, BodyChanges):
         yield
         return
     with ExitStack() as stack:

@@ -110,18 +110,20 @@ def msgspec_thread(bodies: list[Path], conn: apsw.Connection, sql: str, schema: 
     thread.join()
 
 
-def jsonb_sql(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
+def upsert_from(sql: str, select: str) -> str:
+    """The upsert ``sql`` (INSERT … VALUES … ON CONFLICT …) taking its rows from ``select``."""
     head, tail = sql.split(" VALUES ", 1)
-    # The same SELECT replica stages with, upserted straight into the table.
-    insert = f"{head} {sqlconvert.bulk_select_sql(schema)} ON CONFLICT {tail.split(' ON CONFLICT ', 1)[1]}"
+    return f"{head} {select} ON CONFLICT {tail.split(' ON CONFLICT ', 1)[1]}"
+
+
+def jsonb_sql(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
+    insert = upsert_from(sql, sqlconvert.bulk_select_sql(schema))  # the same SELECT replica stages with
     for path in bodies:
         with conn:
             conn.execute(insert, (path.read_text(),))
 
 
 def jsonb_sql_ahead(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
-    head, tail = sql.split(" VALUES ", 1)
-    upsert = f"{head} {{}} ON CONFLICT {tail.split(' ON CONFLICT ', 1)[1]}"
     converter = scratch.Converter()
     aheads = [converter.start(bodies[0].read_bytes(), schema)]
     try:
@@ -135,7 +137,7 @@ def jsonb_sql_ahead(bodies: list[Path], conn: apsw.Connection, sql: str, schema:
                 conn.execute(f"ATTACH ? AS {sqlconvert.attached_name(n)}", (part.uri,))
             with conn:
                 for n in range(len(parts)):
-                    conn.execute(upsert.format(sqlconvert.attached_select(len(schema.names), "", n)))
+                    conn.execute(upsert_from(sql, sqlconvert.attached_select(len(schema.names), "", n)))
             for n, part in enumerate(parts):
                 conn.execute(f"DETACH {sqlconvert.attached_name(n)}")
                 part.close()
