@@ -1,0 +1,68 @@
+"""The HTTP rim over real loopback sockets: bodies arrive whole, in large reads."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import httpcore
+import pytest
+from httpcore._backends.anyio import AnyIOStream
+
+from replica import http as replica_http
+from replica.protocol import Request
+
+BODY = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB, no two reads alike
+
+
+@contextmanager
+def serving(body: bytes) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the second request reuses the connection
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), 100_000):  # in pieces, as a server streaming a chunk would
+                self.wfile.write(body[start:start + 100_000])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/shape"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_large_body_arrives_whole_read_in_large_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Spy on the network backend's own stream: what it is asked for is what each read becomes.
+    asked: list[int] = []
+    inner = AnyIOStream.read
+
+    async def inner_spy(self: AnyIOStream, max_bytes: int, timeout: float | None = None) -> bytes:
+        asked.append(max_bytes)
+        return await inner(self, max_bytes, timeout)
+
+    monkeypatch.setattr(AnyIOStream, "read", inner_spy)
+
+    async def main() -> list[bytes]:
+        async with replica_http.new_client() as client:
+            return [
+                (await replica_http.fetch(client, url, Request((("offset", "-1"),), False))).body for _ in range(2)
+            ]
+
+    with serving(BODY) as url:
+        bodies = anyio.run(main)
+    assert bodies == [BODY, BODY]
+    assert asked and set(asked) == {replica_http.READ_SIZE}, sorted(set(asked))
+    assert replica_http.READ_SIZE > httpcore.AsyncHTTP11Connection.READ_NUM_BYTES  # larger than httpcore's own
