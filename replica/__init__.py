@@ -25,6 +25,7 @@ from replica.errors import (
 from replica.protocol import Checkpoint, Commit, Shape, ShapeLog
 from replica.store import Applied, Store
 from replica.sync import Replica, ShapeState
+from replica.tuning import tune_process
 
 __all__ = [
     "Applied",
@@ -46,4 +47,5 @@ __all__ = [
     "TransientError",
     "__version__",
     "connect",
+    "tune_process",
 ]

@@ -14,7 +14,6 @@ fatal error, 2 a usage error (nothing was sent).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from replica.errors import ConfigError, ReplicaError, ShapeError
 from replica.protocol import Shape
 from replica.store import Applied
 from replica.sync import Replica
+from replica.tuning import tune_process
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
@@ -139,26 +139,12 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _return_big_buffers_to_the_os()
+    tune_process()
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"replica: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _return_big_buffers_to_the_os() -> None:
-    """glibc only: allocations of 1 MiB and more always use mmap, so they are returned when freed.
-
-    By default glibc raises that threshold after the first big free, and the ~10 MB response
-    bodies then fragment the heap: peak RSS of a 100k-row wide sync was 153 MB, 110 MB with this.
-    The library leaves the process's allocator alone; the CLI owns its process.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:

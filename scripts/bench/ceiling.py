@@ -12,7 +12,8 @@ replica.schema's converters) in a WAL database with synchronous=NORMAL, one tran
   jsonb+sql+ahead   as replica converts a snapshot (replica.scratch): each body cut in halves that two
                     worker threads convert into in-memory databases while the previous body is
                     copied in; the copy upserts
-Bodies are read from disk inside the timing (page cache: negligible).
+Bodies are read from disk inside the timing (page cache: negligible). The process is tuned as the
+replica CLI tunes its own (replica.tuning).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data  # noqa: E402
 
-from replica import scratch, sqlconvert  # noqa: E402
+from replica import scratch, sqlconvert, tune_process  # noqa: E402
 from replica.schema import TableSchema, create_table_sql, quote_ident  # noqa: E402
 
 
@@ -151,6 +152,7 @@ VARIANTS = {"json+rows": json_rows, "msgspec+columns": msgspec_columns, "msgspec
 
 
 def main() -> None:
+    tune_process()  # as the replica CLI does: the ceiling gets every process-wide setting replica gets
     folder = Path(sys.argv[1])
     index = json.loads((folder / "index.json").read_text())
     table, rows = index["dataset"], index["rows"]

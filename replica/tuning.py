@@ -1,0 +1,59 @@
+"""Process-wide settings for a process that is mostly replica: the CLI and the daemon apply them.
+
+Both change state the whole process shares (glibc's allocator, SQLite's global configuration),
+so the library never applies them on its own: an app that embeds replica may call
+``tune_process()`` itself, first thing, if it owns its process in the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import apsw
+
+__all__ = ["tune_process"]
+
+
+def tune_process() -> dict[str, bool]:
+    """Apply both settings where they are safe; says which took effect.
+
+    ``big_buffers_to_os``: glibc only. Allocations of 1 MiB and more always use mmap, so they go
+    back to the OS when freed. By default glibc raises that threshold after the first big free,
+    and the ~10 MB response bodies then fragment the heap: peak RSS of a 100k-row wide sync was
+    153 MB, 110 MB with this.
+
+    ``sqlite_memstatus_off``: SQLite keeps memory statistics behind one process-wide mutex that
+    every allocation takes; the two threads converting a snapshot (replica.scratch) contend for
+    it. Without it, converting a 100k-row wide snapshot took 0.65-0.73 s instead of 0.43-0.44 s.
+    It loses ``apsw.memory_used()`` and the soft heap limit, and it needs SQLite restarted, so it
+    is applied only while no apsw connection is open and SQLite holds no memory.
+    """
+    return {"big_buffers_to_os": _big_buffers_to_os(), "sqlite_memstatus_off": _sqlite_memstatus_off()}
+
+
+def _big_buffers_to_os() -> bool:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD; mallopt returns 1 on success
+    except (OSError, AttributeError):
+        return False  # not glibc: nothing to tune
+
+
+_memstatus_off = False
+
+
+def _sqlite_memstatus_off() -> bool:
+    global _memstatus_off
+    if _memstatus_off:
+        return True
+    if apsw.memory_used() != 0:  # SQLite counts every byte it holds: something is open
+        return False
+    try:
+        apsw.shutdown()
+        apsw.config(apsw.SQLITE_CONFIG_MEMSTATUS, 0)
+    except apsw.Error:  # apsw refuses to shut SQLite down while any connection is open
+        return False
+    finally:
+        apsw.initialize()  # harmless if SQLite never shut down
+    _memstatus_off = True
+    return True
