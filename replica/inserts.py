@@ -9,6 +9,7 @@ into Change values only if something asks for them. Anything else is ``wire.pars
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator, Sequence
 from functools import cached_property, lru_cache
 from typing import Any, Literal, NamedTuple, overload
@@ -18,6 +19,8 @@ import msgspec
 from replica.wire import UP_TO_DATE, Change, parse_body
 
 __all__ = ["BodyChanges", "WholeInserts", "parse_whole_inserts"]
+
+_NUL_ESCAPE = re.compile(rb"\\u0000")  # re finds it faster than ``in`` over a JSON body (1.4-2.4x for "\\u")
 
 
 class BodyChanges(Sequence[Change]):
@@ -43,9 +46,15 @@ class BodyChanges(Sequence[Change]):
         return self._parsed
 
     @cached_property
-    def escapes(self) -> bool:
-        """True if the body has ``\\u`` escapes: SQLite's JSON reads some differently, so these take the Python path."""
-        return b"\\u" in self.body  # ~1 ms per MB, so asked once
+    def nul_escapes(self) -> bool:
+        """True if the body may hold an escaped NUL (``\\u0000``): such bodies take the Python path.
+
+        SQLite stores a NUL inside text as Python does, but ``length()`` and ``GLOB`` stop at it,
+        so the type map's SQL fast paths would misread such a value (sqlconvert). Postgres text
+        cannot hold a NUL, so this is only ever a hostile body. Other escapes read alike: a lone
+        surrogate never gets here (msgspec refuses it), the rest decode to what Python decodes.
+        """
+        return _NUL_ESCAPE.search(self.body) is not None  # asked once: ~0.5 ms per MB
 
     def __len__(self) -> int:
         return self._count

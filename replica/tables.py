@@ -301,11 +301,11 @@ def bulk_write(
     """Run ``into(select)``, the select reading ``changes`` from their body; False (nothing written) if it cannot.
 
     Rows a worker already converted (``changes.converted``) are copied instead. Not for bodies
-    with ``\\u`` escapes (a lone surrogate or NUL would read differently in SQLite). Any failure
+    with an escaped NUL (SQLite's ``length()`` and ``GLOB`` stop at one). Any failure
     — a value only the Python converters can judge refusing, a count that does not match, a NULL
     key — rolls back, and the Python path takes over and names the problem.
     """
-    if changes.columns != frozenset(schema.names) or changes.escapes:
+    if changes.columns != frozenset(schema.names) or changes.nul_escapes:
         return False
     select = sqlconvert.bulk_select_sql(schema, key)
     if select is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from typing import Any
 
 import apsw
@@ -147,15 +148,17 @@ def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: in
 
 
 @settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
-@given(values=rows, existing=st.booleans())
+@given(values=rows, existing=st.booleans(), escaped=st.booleans())
 def test_bulk_snapshot_equals_python_snapshot(
-    tmp_path_factory: pytest.TempPathFactory, values: list[dict], existing: bool
+    tmp_path_factory: pytest.TempPathFactory, values: list[dict], existing: bool, escaped: bool
 ) -> None:
     values = [{"id": str(i), **v} for i, v in enumerate(values)]
     folder = tmp_path_factory.mktemp("bulk")
     python = snapshot(str(folder / "python.db"), values, False, existing=existing)
-    assert snapshot(str(folder / "bulk.db"), values, True, existing=existing) == python
     with pytest.MonkeyPatch.context() as patch:
+        if escaped:  # every non-ASCII character as a \u escape
+            patch.setattr(sys.modules[__name__], "body_of", ascii_body_of)
+        assert snapshot(str(folder / "bulk.db"), values, True, existing=existing) == python
         patch.setattr(scratch, "MIN_PART", 0)  # these bodies are small: cut them anyway
         assert snapshot(str(folder / "ahead.db"), values, True, existing=existing, ahead=True) == python
 
@@ -187,3 +190,38 @@ def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, bulk_ca
         assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_new_%' "
                                         "OR name LIKE '_replica_rows_%'").fetchone()[0] == 0
     assert bulk_calls == [(False, 0)]  # SQLite tried, the Python converter refused the value, SQLite rolled back
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["converted by the writer", "converted ahead"])
+def test_escaped_characters_take_the_bulk_path_and_read_as_python_reads_them(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, bulk_calls: list[tuple[bool, int]], ahead: bool
+) -> None:
+    monkeypatch.setattr(scratch, "MIN_PART", 0)
+    monkeypatch.setattr(sys.modules[__name__], "body_of", ascii_body_of)  # every non-ASCII character escaped
+    odd = ["\x01", "a\x1fb", "é", "😀", 'say "hi"', "back\\slash", "\u2028"]
+    values = [{"id": str(i), "name": odd[i % len(odd)], "flag": "t", "amount": None, "at": None, "score": "1",
+               "tags": "{" + odd[i % 3] + "}" if i % 3 else None, "doc": None, "odd name ü": "1"} for i in range(300)]
+    python = snapshot(str(tmp_path / "python.db"), values, False)
+    bulk_calls.clear()
+    assert snapshot(str(tmp_path / "bulk.db"), values, True, last=150, ahead=ahead) == python
+    assert bulk_calls == [(True, 2 if ahead else 0)] * 2
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["converted by the writer", "converted ahead"])
+def test_an_escaped_nul_takes_the_python_path(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, bulk_calls: list[tuple[bool, int]], ahead: bool
+) -> None:
+    # SQLite's length() and GLOB stop at a NUL: its fast path would store "…+00\0junk" as "…+00:00".
+    monkeypatch.setattr(scratch, "MIN_PART", 0)
+    values = [{"id": str(i), "name": "x", "flag": "t", "amount": None, "at": "2024-01-02 03:04:05+00", "score": "1",
+               "tags": None, "doc": None, "odd name ü": "1"} for i in range(300)]
+    values[200]["at"] = "2024-01-02 03:04:05+00\x00junk"
+    python = snapshot(str(tmp_path / "python.db"), values, False)
+    bulk_calls.clear()
+    assert snapshot(str(tmp_path / "bulk.db"), values, True, last=150, ahead=ahead) == python
+    assert [row[5] for row in python[199:201]] == ["2024-01-02 03:04:05+00:00", "2024-01-02 03:04:05+00\x00junk"]
+    assert bulk_calls == [(True, 2 if ahead else 0), (False, 2 if ahead else 0)]  # only the body with the NUL: Python
+
+
+def ascii_body_of(changes: tuple[Change, ...]) -> bytes:
+    return json.dumps([{"key": c.key, "value": c.value, "headers": c.headers} for c in changes]).encode()
