@@ -20,13 +20,11 @@ def run(code: str, tmp_path: Path) -> dict[str, object]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and SQLite restart: Linux only")
-def test_a_fresh_process_is_tuned_and_a_store_then_syncs_a_body(tmp_path: Path) -> None:
+def test_a_fresh_process_is_tuned_and_sqlite_works_on(tmp_path: Path) -> None:
     out = run("""
         import json, apsw
         from replica.tuning import tune_process
         first = tune_process()
-        from replica.store import Store
-        from replica.protocol import ShapeLog, Shape
         conn = apsw.Connection("probe.db")
         conn.execute("CREATE TABLE t (x); INSERT INTO t VALUES (1)")
         counted = apsw.memory_used()
