@@ -22,7 +22,7 @@ import itertools
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 
@@ -33,10 +33,11 @@ from replica.inserts import BodyChanges
 from replica.schema import TableSchema
 from replica.sqlconvert import attached_name
 
-__all__ = ["Ahead", "Converted", "Converter", "attached", "convert", "split"]
+__all__ = ["Ahead", "Converted", "Converter", "attached", "convert", "pieces", "split"]
 
 PARTS = 2  # halves: one per core of a small machine, and half a body's memory each
-MIN_PART = 256 * 1024  # smaller bodies convert in one piece
+MIN_PART = 256 * 1024  # smaller bodies convert in one part
+PIECE = 512 * 1024  # a part converts in pieces of about this size: under glibc's mmap threshold (see convert)
 _names = itertools.count()
 _OPEN = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
 _BOUNDARY = re.compile(rb'}\s*,\s*{\s*"')  # Electric sends "},{", json.dumps "}, {"
@@ -61,15 +62,26 @@ def split(body: bytes, parts: int = PARTS, min_part: int | None = None) -> list[
     can be; anywhere else (inside a string, or deeper) leaves a part with an unterminated string
     or unbalanced brackets, so a wrong cut only makes the conversion fail and the writer convert.
     """
-    cuts, start = [], 0
     min_part = MIN_PART if min_part is None else min_part
-    for i in range(1, parts if len(body) >= min_part * parts else 1):
-        found = _BOUNDARY.search(body, max(start, len(body) * i // parts))
+    count = parts if len(body) >= min_part * parts else 1
+    return _runs(body, 0, len(body), [len(body) * i // count for i in range(1, count)])
+
+
+def pieces(body: bytes, start: int, end: int, size: int | None = None) -> list[tuple[int, int]]:
+    """``body[start:end]``, a run from ``split``, cut the same way into runs of about ``size`` bytes."""
+    size = PIECE if size is None else size
+    return _runs(body, start, end, range(start + size, end, size))
+
+
+def _runs(body: bytes, start: int, end: int, targets: Iterable[int]) -> list[tuple[int, int]]:
+    runs = []
+    for target in targets:
+        found = _BOUNDARY.search(body, max(start, target), end)  # the first "},{" from the target on
         if found is None:
             break
-        cuts.append((start, found.start() + 1))
-        start = body.index(b"{", found.start())  # the next part starts at its "{"
-    return [*cuts, (start, len(body))]
+        runs.append((start, found.start() + 1))
+        start = body.index(b"{", found.start())  # the next run starts at its "{"
+    return [*runs, (start, end)]
 
 
 def _text(body: bytes, start: int, end: int) -> str:
@@ -92,8 +104,11 @@ def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted
         conn.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
         # Untyped columns store each value exactly as converted; the copy applies the table's affinity.
         conn.execute(f"CREATE TABLE rows ({', '.join(f'c{i}' for i in range(len(schema.names)))})")
-        # Not cached: a cached statement would keep its ~5 MB binding alive.
-        conn.execute(f"INSERT INTO rows {select}", (_text(body, start, end),), can_cache=False)
+        # Piece by piece: the text, its binding and SQLite's JSONB of a ~5 MB part would each be a
+        # fresh mmap for the kernel to fault in and zero; a piece's come from (and go back to) the
+        # heap. Not cached: a cached statement would keep its binding alive.
+        for a, b in pieces(body, start, end):
+            conn.execute(f"INSERT INTO rows {select}", (_text(body, a, b),), can_cache=False)
         conn.execute("PRAGMA shrink_memory")  # the page cache: the rows are in the memdb itself
     except Exception:  # invalid UTF-8 or JSON, a value the SQL refuses, out of memory: the writer's route decides
         if conn is not None:

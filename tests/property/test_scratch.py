@@ -20,6 +20,7 @@ from replica import scratch
 from replica.errors import ProtocolError
 from replica.inserts import BodyChanges
 from replica.protocol import Checkpoint, Commit, Shape
+from replica.schema import TableSchema
 from replica.store import Store
 from replica.wire import build_key
 
@@ -36,13 +37,15 @@ _elements = st.lists(st.dictionaries(_names, _json, min_size=1, max_size=4), min
 
 
 @settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(elements=_elements, parts=st.integers(1, 4), spaced=st.booleans())
+@given(elements=_elements, parts=st.integers(1, 4), piece=st.integers(1, 400), spaced=st.booleans())
 def test_a_cut_is_between_elements_or_makes_invalid_json(
-    elements: list[dict[str, Any]], parts: int, spaced: bool
+    elements: list[dict[str, Any]], parts: int, piece: int, spaced: bool
 ) -> None:
     body = json.dumps(elements, separators=(", ", ": ") if spaced else (",", ":")).encode()
     ranges = scratch.split(body, parts, min_part=0)
     assert 1 <= len(ranges) <= parts and ranges[0][0] == 0 and ranges[-1][1] == len(body)
+    # Each part is converted in pieces, cut the same way.
+    ranges = [cut for start, end in ranges for cut in scratch.pieces(body, start, end, piece)]
     texts = [scratch._text(body, start, end) for start, end in ranges]
     # SQLite's reader (JSON5, a superset) decides whether a part converts at all.
     if not all(SQLITE.execute("SELECT json_valid(?, 2)", (text,)).fetchone()[0] for text in texts):
@@ -50,9 +53,9 @@ def test_a_cut_is_between_elements_or_makes_invalid_json(
     assert [element for text in texts for element in json.loads(text)] == elements
 
 
-def test_messages_are_cut_into_halves_and_small_bodies_kept_whole() -> None:
+def test_messages_are_cut_into_halves_then_pieces_and_small_bodies_kept_whole() -> None:
     messages = [{"key": f'"public"."t"/"{i}"', "value": {"id": str(i)}, "headers": {"operation": "insert"}}
-                for i in range(20_000)]
+                for i in range(30_000)]
     body = json.dumps(messages, separators=(",", ":")).encode()
     assert len(body) > 2 * scratch.MIN_PART
     first, second = scratch.split(body)
@@ -61,6 +64,11 @@ def test_messages_are_cut_into_halves_and_small_bodies_kept_whole() -> None:
     assert halves[0] + halves[1] == messages and 0 <= first[1] - len(body) // 2 < 100  # the first cut after the middle
     small = body[: scratch.MIN_PART].rsplit(b",{", 1)[0] + b"]"
     assert scratch.split(small) == [(0, len(small))]
+    # Each half converts in pieces of about PIECE bytes: one element more at most.
+    runs = scratch.pieces(body, *second)
+    assert runs[0][0] == second[0] and runs[-1][1] == second[1] and len(runs) > 1
+    assert all(0 < end - start <= scratch.PIECE + 200 for start, end in runs)
+    assert [m for run in runs for m in json.loads(scratch._text(body, *run))] == halves[1]
 
 
 # --- through the store ---
@@ -106,6 +114,20 @@ def test_a_bad_value_in_one_part_is_named_by_the_python_route(tmp_path: Any, spy
             publish(store, changes, ahead)
         assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'items'").fetchone() == (0,)
     assert spy == [(False, 0)]  # the second half failed, so neither was used, and SQLite refused it too
+
+
+def test_a_part_converted_in_pieces_keeps_log_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scratch, "PIECE", 1024)
+    body = changes_of(range(300, 0, -1)).body  # descending ids: any order but the body's would show
+    assert len(scratch.pieces(body, 0, len(body))) > 10
+    converted = scratch.convert(body, 0, len(body), TableSchema.from_electric(SCHEMA))
+    assert converted is not None
+    reader = apsw.Connection(converted.uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    try:
+        assert [row[0] for row in reader.execute("SELECT c0 FROM rows ORDER BY rowid")] == list(range(300, 0, -1))
+    finally:
+        reader.close()
+        converted.close()
 
 
 def test_a_closed_store_converts_nothing_ahead(tmp_path: Any) -> None:

@@ -159,7 +159,8 @@ def test_bulk_snapshot_equals_python_snapshot(
         if escaped:  # every non-ASCII character as a \u escape
             patch.setattr(sys.modules[__name__], "body_of", ascii_body_of)
         assert snapshot(str(folder / "bulk.db"), values, True, existing=existing) == python
-        patch.setattr(scratch, "MIN_PART", 0)  # these bodies are small: cut them anyway
+        patch.setattr(scratch, "MIN_PART", 0)  # these bodies are small: cut them anyway,
+        patch.setattr(scratch, "PIECE", 2048)  # and convert each half in several pieces
         assert snapshot(str(folder / "ahead.db"), values, True, existing=existing, ahead=True) == python
 
 
