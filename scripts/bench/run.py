@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench/run.py [--full] [--repeat N] [--no-peers] [--no-chart]   (or: scripts/bench/run)
 
 Loopback only. Datasets (data.py): ``narrow`` (~150 B rows) and ``wide`` (~1 KB rows), pre-encoded
-once into bench-results/data/ and served by static_server.py (no work per request). Measures:
+once into bench-results/data/ and served by static_server.py (no work per request). Measures
+(live and idle first, on a quiet machine):
   initial   best of 3 runs each at 100k rows (--repeat), one at 1M:
             `replica sync --once`: sync start to commit (its --verbose timer, as the peers time
             themselves; the process wall time is recorded too) and peak RSS, 100k rows
@@ -345,18 +346,17 @@ def main() -> None:
     report: dict[str, Any] = {"facts": facts(), "initial": [], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for name in ("narrow", "wide"):
-            for rows in sizes:
-                print(f"initial sync: {name} x {rows:,}", flush=True)
-                report["initial"].append(initial(name, rows, peers, tmp, args.repeat if rows <= 100_000 else 1))
-        # Flush what the initial syncs wrote (GBs with --full): writeback during the live phase
-        # once put its p99 at 26-126 ms where a quiet machine measures 6-8 ms.
-        os.sync()
-        time.sleep(2)
+        # Live and idle first, on a quiet machine. After the initial syncs (GBs written with --full,
+        # a 5 GB node peer just exited), writeback and reclaim stalled the live phase: p99 19-126 ms
+        # in three full runs, where live-only runs measure 5-10 ms, before and after a 1M-row sync.
         print("live latency ...", flush=True)
         report["live"] = live(500, 10, peers, tmp)
         print("idle cost ...", flush=True)
         report["idle"] = idle(100, args.idle_window, tmp)
+        for name in ("narrow", "wide"):
+            for rows in sizes:
+                print(f"initial sync: {name} x {rows:,}", flush=True)
+                report["initial"].append(initial(name, rows, peers, tmp, args.repeat if rows <= 100_000 else 1))
     report["targets"] = targets(report)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
