@@ -8,6 +8,7 @@ No httpx, anyio, apsw, time or random here: the caller passes in a cache buster.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,9 +280,9 @@ class ShapeLog:
         schema = self.schema if self.schema is not None else replies.peek_schema(response.headers)
         whole = None
         if schema and len(response.body) >= WHOLE_BODY_BYTES:
-            whole = inserts.parse_whole_inserts(response.body, tuple(schema))
+            check = functools.partial(replies.check_row_keys, schema=schema, relation=self._table())
+            whole = inserts.parse_whole_inserts(response.body, tuple(schema), check)
         if whole is not None:
-            replies.check_row_keys(whole, schema, self._table())
             changes: Sequence[wire.Change] = whole.changes  # the body itself: SQLite reads it
             up_to_date = whole.up_to_date
         else:

@@ -15,7 +15,6 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from replica import wire
-from replica.inserts import WholeInserts
 from replica.errors import ProtocolError
 
 __all__ = [
@@ -80,16 +79,19 @@ def check_keys(changes: Sequence[wire.Change], schema: Mapping[str, Any] | None,
         _check_pairs(((c.key, [c.value.get(column) for column in pk]) for c in changes), relation)
 
 
-def check_row_keys(inserts: WholeInserts, schema: Mapping[str, Any], relation: tuple[str, str]) -> None:
-    """``check_keys`` for a body of whole-row inserts (rows hold column i as attribute ``f<i>``)."""
+def check_row_keys(
+    keys: list[str], rows: list[Any], first: int, *, schema: Mapping[str, Any], relation: tuple[str, str]
+) -> None:
+    """``check_keys`` for whole-row inserts as ``parse_whole_inserts`` reads them: ``rows[i]``
+    holds ``keys[i]``'s column i as attribute ``f<i>``, and ``first`` is ``keys[0]``'s index."""
     pk = pk_columns(schema)
     if pk:
         position = {name: i for i, name in enumerate(schema)}
         get = operator.attrgetter(*(f"f{position[column]}" for column in pk))
-        if len(pk) == 1 and _all_match(inserts.keys, [*map(get, inserts.rows)], relation):
+        if len(pk) == 1 and _all_match(keys, [*map(get, rows)], relation):
             return
-        values = map(get, inserts.rows) if len(pk) > 1 else zip(map(get, inserts.rows))  # tuples either way
-        _check_pairs(zip(inserts.keys, values, strict=True), relation)
+        values = map(get, rows) if len(pk) > 1 else zip(map(get, rows))  # tuples either way
+        _check_pairs(zip(keys, values, strict=True), relation, first)
 
 
 def _all_match(keys: list[str], values: list[str | None], relation: tuple[str, str]) -> bool:
@@ -107,9 +109,9 @@ def _all_match(keys: list[str], values: list[str | None], relation: tuple[str, s
     return joined_keys == head + joined.replace("/", "//").replace("\0", '"\0' + head) + '"'
 
 
-def _check_pairs(pairs: Iterable[tuple[str, Sequence[str | None]]], relation: tuple[str, str]) -> None:
+def _check_pairs(pairs: Iterable[tuple[str, Sequence[str | None]]], relation: tuple[str, str], first: int = 0) -> None:
     prefix = wire.relation_key_prefix(*relation) + "/"  # wire.build_key, with the prefix made once
-    for index, (key, values) in enumerate(pairs):
+    for index, (key, values) in enumerate(pairs, first):
         if None in values:
             continue  # no key to compare with: the store refuses a change without its primary key
         expected = prefix + wire.key_values(values)

@@ -20,27 +20,25 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 
 import apsw
 
-from replica import sqlconvert
+from replica import cuts, sqlconvert
 from replica.inserts import BodyChanges
 from replica.schema import TableSchema
 from replica.sqlconvert import attached_name
 
-__all__ = ["Ahead", "Converted", "Converter", "attached", "convert", "pieces", "split"]
+__all__ = ["Ahead", "Converted", "Converter", "attached", "convert"]
 
 PARTS = 2  # halves: one per core of a small machine, and half a body's memory each
 MIN_PART = 256 * 1024  # smaller bodies convert in one part
 PIECE = 512 * 1024  # a part converts in pieces of about this size: under glibc's mmap threshold (see convert)
 _names = itertools.count()
 _OPEN = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
-_BOUNDARY = re.compile(rb'}\s*,\s*{\s*"')  # Electric sends "},{", json.dumps "}, {"
 
 
 class Converted:
@@ -53,41 +51,6 @@ class Converted:
 
     def close(self) -> None:
         self._conn.close()
-
-
-def split(body: bytes, parts: int = PARTS, min_part: int | None = None) -> list[tuple[int, int]]:
-    """Byte ranges cutting a JSON array of objects into about ``parts`` runs of whole elements.
-
-    A cut goes at the first ``},{"`` after the middle. Between elements is one place that text
-    can be; anywhere else (inside a string, or deeper) leaves a part with an unterminated string
-    or unbalanced brackets, so a wrong cut only makes the conversion fail and the writer convert.
-    """
-    min_part = MIN_PART if min_part is None else min_part
-    count = parts if len(body) >= min_part * parts else 1
-    return _runs(body, 0, len(body), [len(body) * i // count for i in range(1, count)])
-
-
-def pieces(body: bytes, start: int, end: int, size: int | None = None) -> list[tuple[int, int]]:
-    """``body[start:end]``, a run from ``split``, cut the same way into runs of about ``size`` bytes."""
-    size = PIECE if size is None else size
-    return _runs(body, start, end, range(start + size, end, size))
-
-
-def _runs(body: bytes, start: int, end: int, targets: Iterable[int]) -> list[tuple[int, int]]:
-    runs = []
-    for target in targets:
-        found = _BOUNDARY.search(body, max(start, target), end)  # the first "},{" from the target on
-        if found is None:
-            break
-        runs.append((start, found.start() + 1))
-        start = body.index(b"{", found.start())  # the next run starts at its "{"
-    return [*runs, (start, end)]
-
-
-def _text(body: bytes, start: int, end: int) -> str:
-    """Part of ``body`` as a JSON array of its own: brackets added where the cut removed them."""
-    text = str(memoryview(body)[start:end], "utf-8")
-    return ("[" if start else "") + text + ("]" if end < len(body) else "")
 
 
 def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted | None:
@@ -107,8 +70,8 @@ def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted
         # Piece by piece: the text, its binding and SQLite's JSONB of a ~5 MB part would each be a
         # fresh mmap for the kernel to fault in and zero; a piece's come from (and go back to) the
         # heap. Not cached: a cached statement would keep its binding alive.
-        for a, b in pieces(body, start, end):
-            conn.execute(f"INSERT INTO rows {select}", (_text(body, a, b),), can_cache=False)
+        for a, b in cuts.pieces(body, start, end, PIECE):
+            conn.execute(f"INSERT INTO rows {select}", (cuts.run_text(body, a, b),), can_cache=False)
         conn.execute("PRAGMA shrink_memory")  # the page cache: the rows are in the memdb itself
     except Exception:  # invalid UTF-8 or JSON, a value the SQL refuses, out of memory: the writer's route decides
         if conn is not None:
@@ -163,7 +126,7 @@ class Converter:
                 return None
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="replica-convert")
-            parts = split(body, self._workers)
+            parts = cuts.split(body, self._workers, MIN_PART)
             return Ahead(body, [self._executor.submit(convert, body, a, b, schema) for a, b in parts])
 
     def close(self) -> None:

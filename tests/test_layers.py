@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "replica"
 # Each module may import only modules listed before it (design.md §2).
-ORDER = ["errors", "wire", "inserts", "pgarray", "values", "schema", "sqlconvert", "replies", "protocol", "backoff", "dbfile", "scratch", "tuning", "tables", "staging", "shadow",
+ORDER = ["errors", "wire", "cuts", "inserts", "pgarray", "values", "schema", "sqlconvert", "replies", "protocol", "backoff", "dbfile", "scratch", "tuning", "tables", "staging", "shadow",
          "publish", "store", "events", "inflight", "http", "sync", "config", "logs", "metrics",
          "status", "daemon", "testing", "demo", "cli"]
 PURE_FORBIDDEN = {"httpx", "anyio", "apsw", "time", "random", "socket", "asyncio", "threading", "sqlite3", "os"}
@@ -48,7 +48,7 @@ def test_imports_follow_the_layering(name: str, path: Path) -> None:
 
 
 def test_protocol_core_is_free_of_io() -> None:
-    for module in ("protocol", "replies", "wire", "errors", "pgarray", "values", "schema", "sqlconvert", "inserts"):
+    for module in ("protocol", "replies", "wire", "errors", "pgarray", "values", "schema", "sqlconvert", "cuts", "inserts"):
         external = {m[4:] for m in replica_imports(PACKAGE / f"{module}.py") if m.startswith("ext:")}
         assert not external & PURE_FORBIDDEN, f"{module}.py imports I/O: {sorted(external & PURE_FORBIDDEN)}"
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replica import scratch
+from replica import cuts, scratch
 from replica.errors import ProtocolError
 from replica.inserts import BodyChanges
 from replica.protocol import Checkpoint, Commit, Shape
@@ -42,11 +42,11 @@ def test_a_cut_is_between_elements_or_makes_invalid_json(
     elements: list[dict[str, Any]], parts: int, piece: int, spaced: bool
 ) -> None:
     body = json.dumps(elements, separators=(", ", ": ") if spaced else (",", ":")).encode()
-    ranges = scratch.split(body, parts, min_part=0)
+    ranges = cuts.split(body, parts, 0)
     assert 1 <= len(ranges) <= parts and ranges[0][0] == 0 and ranges[-1][1] == len(body)
     # Each part is converted in pieces, cut the same way.
-    ranges = [cut for start, end in ranges for cut in scratch.pieces(body, start, end, piece)]
-    texts = [scratch._text(body, start, end) for start, end in ranges]
+    ranges = [cut for start, end in ranges for cut in cuts.pieces(body, start, end, piece)]
+    texts = [cuts.run_text(body, start, end) for start, end in ranges]
     # SQLite's reader (JSON5, a superset) decides whether a part converts at all.
     if not all(SQLITE.execute("SELECT json_valid(?, 2)", (text,)).fetchone()[0] for text in texts):
         return  # a wrong cut: that part fails to convert, and the writer converts the body itself
@@ -58,17 +58,17 @@ def test_messages_are_cut_into_halves_then_pieces_and_small_bodies_kept_whole() 
                 for i in range(30_000)]
     body = json.dumps(messages, separators=(",", ":")).encode()
     assert len(body) > 2 * scratch.MIN_PART
-    first, second = scratch.split(body)
+    first, second = cuts.split(body, scratch.PARTS, scratch.MIN_PART)
     assert first[0] == 0 and second[1] == len(body) and first[1] < second[0]
-    halves = [json.loads(scratch._text(body, *cut)) for cut in (first, second)]
+    halves = [json.loads(cuts.run_text(body, *cut)) for cut in (first, second)]
     assert halves[0] + halves[1] == messages and 0 <= first[1] - len(body) // 2 < 100  # the first cut after the middle
     small = body[: scratch.MIN_PART].rsplit(b",{", 1)[0] + b"]"
-    assert scratch.split(small) == [(0, len(small))]
+    assert cuts.split(small, scratch.PARTS, scratch.MIN_PART) == [(0, len(small))]
     # Each half converts in pieces of about PIECE bytes: one element more at most.
-    runs = scratch.pieces(body, *second)
+    runs = cuts.pieces(body, *second, scratch.PIECE)
     assert runs[0][0] == second[0] and runs[-1][1] == second[1] and len(runs) > 1
     assert all(0 < end - start <= scratch.PIECE + 200 for start, end in runs)
-    assert [m for run in runs for m in json.loads(scratch._text(body, *run))] == halves[1]
+    assert [m for run in runs for m in json.loads(cuts.run_text(body, *run))] == halves[1]
 
 
 # --- through the store ---
@@ -119,7 +119,7 @@ def test_a_bad_value_in_one_part_is_named_by_the_python_route(tmp_path: Any, spy
 def test_a_part_converted_in_pieces_keeps_log_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scratch, "PIECE", 1024)
     body = changes_of(range(300, 0, -1)).body  # descending ids: any order but the body's would show
-    assert len(scratch.pieces(body, 0, len(body))) > 10
+    assert len(cuts.pieces(body, 0, len(body), scratch.PIECE)) > 10
     converted = scratch.convert(body, 0, len(body), TableSchema.from_electric(SCHEMA))
     assert converted is not None
     reader = apsw.Connection(converted.uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)

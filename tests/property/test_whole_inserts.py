@@ -12,10 +12,10 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from replica import protocol, wire
+from replica import inserts, protocol, wire
 from replica.errors import ReplicaError
 from replica.inserts import BodyChanges
 from replica.protocol import Response, Shape, ShapeLog
@@ -79,22 +79,34 @@ KINDS = ["none", "missing column", "extra column", "number value", "object value
          "event", "control not a string", "neither", "escaped text", "null key column"]
 
 
+# Titles that end in the text a cut looks for (replica.cuts), so a cut may fall inside a string.
+TITLES = ["a", "", "x y", "x},{", "}, {", '},{"key"']
+# Between messages: what Electric and json.dumps send, other JSON whitespace, and what JSON does not allow.
+SEPARATORS = [b"},{", b"}, {", b"}\n,\r\n\t{", b"}\x0b,{", b"},\x0c{"]
+
+
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
     count = draw(st.integers(1, 30))
-    messages: list[Any] = [insert(i, draw(st.sampled_from(["a", "", "x y"]))) for i in range(count)]
+    messages: list[Any] = [insert(i, draw(st.sampled_from(TITLES))) for i in range(count)]
     for kind in draw(st.lists(st.sampled_from(KINDS), max_size=2)):
         if kind != "none":
             _mutate(messages, kind, draw(st.integers(0, len(messages) - 1)))
     if draw(st.booleans()):
         messages.append(UP_TO_DATE)
-    if draw(st.booleans()):
-        return b"garbage" + json.dumps(messages).encode()[: draw(st.integers(0, 50))]
-    return json.dumps(messages).encode()
+    raw = json.dumps(messages, separators=(",", ":")).encode()
+    raw = raw.replace(b'},{"', draw(st.sampled_from(SEPARATORS)) + b'"', draw(st.integers(0, count)))
+    ending = draw(st.sampled_from(["whole", "garbage first", "cut short"]))
+    if ending == "garbage first":
+        return b"garbage" + raw[: draw(st.integers(0, 50))]
+    if ending == "cut short":
+        return raw[: -draw(st.integers(1, 20))]
+    return raw
 
 
-def outcome(raw: bytes, monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[Any, ...]:
+def outcome(raw: bytes, monkeypatch: pytest.MonkeyPatch, fast: bool, piece: int = inserts.PIECE) -> tuple[Any, ...]:
     monkeypatch.setattr(protocol, "WHOLE_BODY_BYTES", 0 if fast else 1 << 60)
+    monkeypatch.setattr(inserts, "PIECE", piece)
     log = ShapeLog(SHAPE, None)
     log.next_request()
     headers = {wire.H_HANDLE: "h-1", wire.H_OFFSET: "0_0", wire.H_SCHEMA: json.dumps(SCHEMA)}
@@ -107,11 +119,19 @@ def outcome(raw: bytes, monkeypatch: pytest.MonkeyPatch, fast: bool) -> tuple[An
     return ("commit", list(commit.changes), commit.up_to_date, commit.checkpoint)
 
 
-@settings(max_examples=400, deadline=None)
-@given(raw=bodies())
-def test_fast_and_careful_routes_agree(raw: bytes) -> None:
+def _dumps(messages: list[Any]) -> bytes:
+    return json.dumps(messages, separators=(",", ":")).encode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=bodies(), piece=st.integers(1, 400))
+# One message a piece: up-to-date ends a piece but more follow; a wrong key, then a body cut short.
+@example(raw=_dumps([insert(0), UP_TO_DATE, insert(1)]), piece=1)
+@example(raw=_dumps([{**insert(0), "key": "wrong"}, insert(1)])[:-5], piece=1)
+def test_fast_and_careful_routes_agree(raw: bytes, piece: int) -> None:
+    """Read in pieces of ``piece`` bytes (a message is ~100), the fast route still agrees."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert outcome(raw, monkeypatch, fast=True) == outcome(raw, monkeypatch, fast=False)
+        assert outcome(raw, monkeypatch, fast=True, piece=piece) == outcome(raw, monkeypatch, fast=False)
 
 
 def test_a_body_of_whole_inserts_is_handed_on_as_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,3 +146,41 @@ def test_a_body_of_whole_inserts_is_handed_on_as_the_body(monkeypatch: pytest.Mo
     assert commit.changes[2999] == wire.Change("insert", '"public"."items"/"2999"',
                                                {"id": "2999", "title": "t", "n": "1"},
                                                {"operation": "insert", "relation": ["public", "items"]})
+
+
+@pytest.mark.parametrize("title", ["t", "x},{"])
+def test_a_body_read_in_pieces_is_still_handed_on_whole(monkeypatch: pytest.MonkeyPatch, title: str) -> None:
+    """Cut into ~100 pieces, the body is still one commit; a title that fools the cut only costs a second read."""
+    raw = json.dumps([insert(i, title) for i in range(3000)] + [UP_TO_DATE], separators=(",", ":")).encode()
+    monkeypatch.setattr(inserts, "PIECE", len(raw) // 100)
+    reads: list[int] = []
+    decoders = inserts._decoders.__wrapped__(tuple(SCHEMA))
+
+    class Counting:
+        def __init__(self, decoder: Any) -> None:
+            self.decoder = decoder
+
+        def decode(self, text: bytes) -> Any:
+            reads.append(len(text))
+            return self.decoder.decode(text)
+
+    monkeypatch.setattr(inserts, "_decoders", lambda columns: tuple(Counting(d) for d in decoders))
+    log = ShapeLog(SHAPE, None)
+    log.next_request()
+    headers = {wire.H_HANDLE: "h-1", wire.H_OFFSET: "0_0", wire.H_SCHEMA: json.dumps(SCHEMA)}
+    commit = log.receive(Response(200, headers, raw))
+    assert commit is not None and commit.up_to_date and isinstance(commit.changes, BodyChanges)
+    assert len(commit.changes) == 3000 and commit.changes[2999].value["title"] == title
+    if title == "t":
+        assert len(reads) >= 100 and max(reads) < len(raw) // 50  # in pieces: none read whole
+    else:
+        assert len(raw) in reads  # a cut fell inside a title: read whole after all
+
+
+def test_a_wrong_key_in_a_later_piece_is_named_by_its_index_in_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = [insert(i) for i in range(3000)]
+    messages[2500]["key"] = '"public"."items"/"999999"'
+    raw = json.dumps(messages).encode()
+    result = outcome(raw, monkeypatch, fast=True, piece=len(raw) // 100)
+    assert result[:2] == ("error", "ProtocolError") and result[2].startswith("message 2500: key")
+    assert result == outcome(raw, monkeypatch, fast=False)
