@@ -201,8 +201,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     verify = str(args.ca_file) if args.ca_file is not None else True
     replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit, verify=verify)
     started = time.monotonic()
+
+    async def sync() -> None:
+        nonlocal started
+        started = time.monotonic()  # the sync begins once the event loop runs (anyio imports its backend first)
+        await _run_until_signal(replica, args.once)
+
     try:
-        anyio.run(_run_until_signal, replica, args.once)
+        anyio.run(sync)
     except ShapeError as exc:
         print(f"replica: error: {exc}", file=sys.stderr)
         if created and not published:

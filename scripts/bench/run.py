@@ -127,7 +127,7 @@ def replica_sync(server: Server, name: str, rows: int, db: Path) -> dict[str, An
     wall, rss, _, err = run_rss(
         [PY, "-m", "replica", "sync", server.first, "--table", name, "--db", str(db), "--once", "--verbose"]
     )
-    # Like the peers' own timers: from the start of the sync to the commit (no interpreter start-up).
+    # Like the peers' own timers: from the start of the sync (its event loop running) to the commit (no start-up).
     seconds = float(re.findall(r"\(([0-9.]+) s since the sync began\)", err)[-1])
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     count = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
