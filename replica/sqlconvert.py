@@ -88,8 +88,11 @@ def column_sql(column: Column, x: str) -> str:
         return f"CASE {x} WHEN 'true' THEN 1 WHEN 't' THEN 1 WHEN 'false' THEN 0 WHEN 'f' THEN 0 ELSE {fallback} END"
     if column.type == "timestamptz":
         fraction = f"substr({x}, 21, length({x}) - 23)"
+        # Microseconds first: Postgres' usual form, matched by one anchored GLOB (its classes are
+        # most of the cost: this form took ~1.9k instructions per value instead of ~3.4k).
         return (
             f"CASE WHEN {x} IS NULL THEN NULL "
+            f"WHEN {x} GLOB '{_UTC_SECONDS}.{_D * 6}+00' THEN substr({x}, 1, 26) || '+00:00' "
             f"WHEN length({x}) = 22 AND {x} GLOB '{_UTC_SECONDS}+00' THEN substr({x}, 1, 19) || '+00:00' "
             f"WHEN length({x}) BETWEEN 24 AND 29 AND {x} GLOB '{_UTC_SECONDS}.?*+00' "
             f"AND {fraction} NOT GLOB '*[^0-9]*' THEN substr({x}, 1, length({x}) - 3) || '+00:00' "
@@ -110,17 +113,20 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
     """
     if any(ch in '"\\' or ch < " " for name in schema.names for ch in name):
         return None
-    paths = [_literal('$.value."' + name + '"') for name in schema.names]
-    extract = ", ".join(f"m.value ->> {path} AS c{i}" for i, path in enumerate(paths))
+    paths = [_literal('$."' + name + '"') for name in schema.names]
+    extract = ", ".join(f"m.v ->> {path} AS c{i}" for i, path in enumerate(paths))
+    each = "jsonb_extract(m.value, '$.value') AS v"  # each row's values, looked up once rather than per column
     if "s.k" in key:
-        extract = "m.value ->> '$.key' AS k, " + extract
+        extract, each = "m.k, " + extract, "m.value ->> '$.key' AS k, " + each
     converted = ", ".join(column_sql(column, f"s.c{i}") for i, column in enumerate(schema.columns))
     pk = [schema.names.index(c) for c in schema.pk] if schema.keyed else []
     present = " AND ".join(f"s.c{i} IS NOT NULL" for i in pk) or "true"
-    # LIMIT -1 keeps the subquery from being flattened, so each value is extracted once.
+    # A control message has no values, so a NULL key column already leaves it out; without a key, ask.
+    controls = "" if pk else " WHERE json_type(m.value, '$.key') IS NOT NULL"
+    # LIMIT -1 keeps each subquery from being flattened, so each value is extracted once.
     return (
-        f"SELECT {key}{converted} FROM (SELECT {extract} FROM jsonb_each(?1) AS m "
-        f"WHERE json_type(m.value, '$.key') IS NOT NULL LIMIT -1) AS s WHERE {present}"
+        f"SELECT {key}{converted} FROM (SELECT {extract} FROM (SELECT {each} FROM jsonb_each(?1) AS m{controls} "
+        f"LIMIT -1) AS m LIMIT -1) AS s WHERE {present}"
     )
 
 

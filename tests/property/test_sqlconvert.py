@@ -45,7 +45,8 @@ _words = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_char
 _stamp = st.builds(
     lambda y, mo, d, h, mi, s, frac, sep, tz: f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{frac}{tz}",
     st.integers(0, 9999), st.integers(1, 12), st.integers(1, 28), st.integers(0, 23), st.integers(0, 59),
-    st.integers(0, 59), st.sampled_from(["", ".5", ".123456", ".1234567", "."]), st.sampled_from([" ", "T", "  "]),
+    st.integers(0, 59), st.sampled_from(["", ".5", ".123456", ".1234567", ".", ".12a456", ".١٢٣٤٥٦"]),
+    st.sampled_from([" ", "T", "  "]),
     st.sampled_from(["+00", "+00:00", "-05", "+05:30", "", "+00 BC", "+0"]),
 )
 TEXTS = st.one_of(
@@ -226,3 +227,35 @@ def test_an_escaped_nul_takes_the_python_path(
 
 def ascii_body_of(changes: tuple[Change, ...]) -> bytes:
     return json.dumps([{"key": c.key, "value": c.value, "headers": c.headers} for c in changes]).encode()
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["converted by the writer", "converted ahead"])
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
+def test_control_messages_in_a_bulk_body_are_left_out(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, bulk_calls: list[tuple[bool, int]], keyed: bool, ahead: bool
+) -> None:
+    """A keyed table's SELECT drops a control by its NULL key column, a keyless one asks for the message key."""
+    monkeypatch.setattr(scratch, "MIN_PART", 0)
+    schema = SCHEMA if keyed else {name: {k: v for k, v in spec.items() if k != "pk_index"}
+                                   for name, spec in SCHEMA.items()}
+    values = [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": "2024-01-02 03:04:05.123456+00",
+               "score": "1.5", "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(300)]
+    changes = tuple(
+        Change("insert", build_key("public", "items", [v["id"]]), v, {"operation": "insert"}) for v in values
+    )
+    messages: list[Any] = [{"key": c.key, "value": c.value, "headers": c.headers} for c in changes]
+    messages.insert(100, {"headers": {"control": "snapshot-end", "xmin": "1", "xmax": "2", "xip_list": []}})
+    messages.append({"headers": {"control": "up-to-date"}})
+    tables = []
+    for bulk in (False, True):
+        with Store(str(tmp_path / f"{bulk}.db")) as store:
+            for part, up_to_date in ((slice(0, 151), False), (slice(151, None), True)):  # 150 changes each
+                given: Any = changes[:150] if up_to_date is False else changes[150:]
+                if bulk:
+                    given = BodyChanges(json.dumps(messages[part]).encode(), 150, frozenset(schema))
+                converted = store.convert_ahead(Shape("items"), schema, given.body) if bulk and ahead else None
+                checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, schema, up_to_date)
+                store.apply(Commit(Shape("items"), given, checkpoint, up_to_date), converted)
+            tables.append(store.connection.execute("SELECT * FROM items ORDER BY rowid").fetchall())
+    assert tables[1] == tables[0] and len(tables[0]) == 300
+    assert len(bulk_calls) == 2 and all(done for done, _ in bulk_calls)  # both bodies took the bulk path
