@@ -165,14 +165,19 @@ def test_bulk_snapshot_equals_python_snapshot(
         assert snapshot(str(folder / "ahead.db"), values, True, existing=existing, ahead=True) == python
 
 
+def plain_rows(count: int, at: str) -> list[dict[str, str | None]]:
+    """``count`` rows of SCHEMA's columns in their everyday forms (the bulk path's fast paths)."""
+    return [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": at, "score": "1.5",
+             "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(count)]
+
+
 @pytest.mark.parametrize("ahead", [False, True], ids=["converted by the writer", "converted ahead"])
 @pytest.mark.parametrize("existing", [False, True], ids=["first snapshot", "refetch"])
 def test_bulk_path_is_taken(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, bulk_calls: list[tuple[bool, int]], existing: bool, ahead: bool
 ) -> None:
     monkeypatch.setattr(scratch, "MIN_PART", 0)
-    values = [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": "2024-01-02 03:04:05.5+00",
-               "score": "1.5", "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(300)]
+    values = plain_rows(300, "2024-01-02 03:04:05.5+00")
     snapshot(str(tmp_path / "a.db"), values, True, last=150, existing=existing, ahead=ahead)
     # The stage, then the last response joining it at publish; ahead, each body in two parts.
     assert bulk_calls == [(True, 2 if ahead else 0)] * 2
@@ -238,8 +243,7 @@ def test_control_messages_in_a_bulk_body_are_left_out(
     monkeypatch.setattr(scratch, "MIN_PART", 0)
     schema = SCHEMA if keyed else {name: {k: v for k, v in spec.items() if k != "pk_index"}
                                    for name, spec in SCHEMA.items()}
-    values = [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": "2024-01-02 03:04:05.123456+00",
-               "score": "1.5", "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(300)]
+    values = plain_rows(300, "2024-01-02 03:04:05.123456+00")
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"]]), v, {"operation": "insert"}) for v in values
     )
