@@ -118,16 +118,17 @@ def new_client(
     return httpx.AsyncClient(transport=own, verify=verify, limits=limits, follow_redirects=True)
 
 
-READ_SIZE = 256 * 1024  # asyncio's own socket reads are this size
+READ_SIZE = 1020 * 1024  # just under glibc's 1 MiB mmap threshold (replica.tuning): each buffer comes from the heap
 
 
 class _LargeReads(httpcore.AsyncNetworkBackend):
-    """httpcore's backend, asking plain TCP streams for READ_SIZE bytes per read rather than 64 KiB.
+    """httpcore's backend, reading plain TCP streams READ_SIZE bytes at a time rather than 64 KiB.
 
-    A snapshot chunk is ~10 MB. In 64 KiB reads, httpcore, h11 and anyio cost ~35 ms of the main
-    thread per chunk; in 256 KiB reads, ~17 ms. A read still returns whatever has arrived, so
-    small responses (long-polls) are unchanged. TLS streams keep httpcore's size: a TLS read
-    returns one ≤16 KiB record anyway.
+    A snapshot chunk is ~10 MB, and httpcore, h11 and anyio cost the main thread a fixed amount per
+    read: ~35 ms per chunk in 64 KiB reads, 26-40 ms in the 256 KiB asyncio's transport takes per
+    socket read, 14-24 ms in ~1 MiB ones (so the transport is asked for those too). A read still
+    returns whatever has arrived, so small responses (long-polls) are unchanged. TLS streams keep
+    httpcore's size: a TLS read returns one ≤16 KiB record anyway.
     """
 
     def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
@@ -151,6 +152,11 @@ class _LargeReads(httpcore.AsyncNetworkBackend):
 class _LargeReadStream(httpcore.AsyncNetworkStream):
     def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
         self._stream = stream
+        # asyncio's transport reads its socket max_size (256 KiB) at a time; neither httpcore nor
+        # anyio exposes it, so it is set where the attribute is found (asyncio, not trio or TLS).
+        transport = getattr(getattr(stream, "_stream", None), "_transport", None)
+        if isinstance(getattr(transport, "max_size", None), int):
+            transport.max_size = READ_SIZE
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._stream.read(max(max_bytes, READ_SIZE), timeout)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio.selector_events
 import http.server
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +56,15 @@ def test_a_large_body_arrives_whole_read_in_large_pieces(monkeypatch: pytest.Mon
         return await inner(self, max_bytes, timeout)
 
     monkeypatch.setattr(AnyIOStream, "read", inner_spy)
+    # And asyncio's transport reads the socket that much at a time (the test server reads with recv_into).
+    received: list[int] = []
+    recv = socket.socket.recv
+
+    def recv_spy(self: socket.socket, size: int, *flags: int) -> bytes:
+        received.append(size)
+        return recv(self, size, *flags)
+
+    monkeypatch.setattr(socket.socket, "recv", recv_spy, raising=False)
 
     async def main() -> list[bytes]:
         async with replica_http.new_client() as client:
@@ -65,4 +76,6 @@ def test_a_large_body_arrives_whole_read_in_large_pieces(monkeypatch: pytest.Mon
         bodies = anyio.run(main)
     assert bodies == [BODY, BODY]
     assert asked and set(asked) == {replica_http.READ_SIZE}, sorted(set(asked))
+    assert received and set(received) == {replica_http.READ_SIZE}, sorted(set(received))
     assert replica_http.READ_SIZE > httpcore.AsyncHTTP11Connection.READ_NUM_BYTES  # larger than httpcore's own
+    assert replica_http.READ_SIZE > asyncio.selector_events._SelectorSocketTransport.max_size  # and asyncio's
