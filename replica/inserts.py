@@ -134,7 +134,9 @@ def parse_whole_inserts(body: bytes, columns: tuple[str, ...], check: Check | No
     return whole
 
 
-def _parse(body: bytes, runs: list[tuple[int, int]], columns: tuple[str, ...], check: Check | None) -> WholeInserts | None:
+def _parse(
+    body: bytes, runs: list[tuple[int, int]], columns: tuple[str, ...], check: Check | None
+) -> WholeInserts | None:
     inserts, messages = _decoders(columns)
     count, up_to_date = 0, False
     failed: ProtocolError | None = None
