@@ -56,5 +56,4 @@ def run_bytes(body: bytes, start: int, end: int) -> bytes:
 
 def run_text(body: bytes, start: int, end: int) -> str:
     """``run_bytes`` as text (what SQLite binds); raises UnicodeDecodeError for invalid UTF-8."""
-    text = str(memoryview(body)[start:end], "utf-8")
-    return ("[" if start else "") + text + ("]" if end < len(body) else "")
+    return str(run_bytes(body, start, end), "utf-8")
