@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio.selector_events
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import anyio
 import httpcore
@@ -56,15 +56,16 @@ def test_a_large_body_arrives_whole_read_in_large_pieces(monkeypatch: pytest.Mon
         return await inner(self, max_bytes, timeout)
 
     monkeypatch.setattr(AnyIOStream, "read", inner_spy)
-    # And asyncio's transport reads the socket that much at a time (the test server reads with recv_into).
+    # And asyncio's transport reads its socket that much at a time (it passes max_size to recv).
     received: list[int] = []
-    recv = socket.socket.recv
+    data_received = asyncio.selector_events._SelectorSocketTransport._read_ready__data_received
 
-    def recv_spy(self: socket.socket, size: int, *flags: int) -> bytes:
-        received.append(size)
-        return recv(self, size, *flags)
+    def data_received_spy(self: Any) -> None:
+        received.append(self.max_size)
+        data_received(self)
 
-    monkeypatch.setattr(socket.socket, "recv", recv_spy, raising=False)
+    monkeypatch.setattr(asyncio.selector_events._SelectorSocketTransport, "_read_ready__data_received",
+                        data_received_spy)
 
     async def main() -> list[bytes]:
         async with replica_http.new_client() as client:
