@@ -15,12 +15,18 @@ __all__ = ["tune_process"]
 
 
 def tune_process() -> dict[str, bool]:
-    """Apply both settings where they are safe; says which took effect.
+    """Apply each setting where it is safe; says which took effect.
 
     ``big_buffers_to_os``: glibc only. Allocations of 1 MiB and more always use mmap, so they go
     back to the OS when freed. By default glibc raises that threshold after the first big free,
     and the ~10 MB response bodies then fragment the heap: peak RSS of a 100k-row wide sync was
     153 MB, 110 MB with this.
+
+    ``freed_heap_kept``: glibc only. Up to 16 MiB of freed memory at the top of a heap stays
+    mapped for the next allocation, rather than going back to the OS once 128 KiB are free. A
+    sync allocates and frees ~1 MiB read buffers and conversion pieces all the time, and each
+    fresh page is a fault the kernel serves and zeroes: a 1M-row narrow sync took 250k page
+    faults and ~10 % more CPU without this, 85k with it, for ~15 MB more peak RSS.
 
     ``sqlite_memstatus_off``: SQLite keeps memory statistics behind one process-wide mutex that
     every allocation takes; the two threads converting a snapshot (replica.scratch) contend for
@@ -28,13 +34,19 @@ def tune_process() -> dict[str, bool]:
     It loses ``apsw.memory_used()`` and the soft heap limit, and it needs SQLite restarted, so it
     is applied only while no apsw connection is open and SQLite holds no memory.
     """
-    return {"big_buffers_to_os": _big_buffers_to_os(), "sqlite_memstatus_off": _sqlite_memstatus_off()}
+    return {
+        "big_buffers_to_os": _mallopt(_M_MMAP_THRESHOLD, 1 << 20),
+        "freed_heap_kept": _mallopt(_M_TRIM_THRESHOLD, 16 << 20),
+        "sqlite_memstatus_off": _sqlite_memstatus_off(),
+    }
 
 
-def _big_buffers_to_os() -> bool:
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+def _mallopt(param: int, value: int) -> bool:
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD; mallopt returns 1 on success
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))  # 1 on success
     except (OSError, AttributeError):
         return False  # not glibc: nothing to tune
 

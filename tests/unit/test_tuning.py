@@ -32,10 +32,49 @@ def test_a_fresh_process_is_tuned_and_sqlite_works_on(tmp_path: Path) -> None:
         print(json.dumps({"first": first, "again": again, "counted": counted,
                           "rows": conn.execute("SELECT count(*) FROM t").fetchone()[0]}))
     """, tmp_path)
-    assert out["first"] == {"big_buffers_to_os": True, "sqlite_memstatus_off": True}
-    assert out["again"] == {"big_buffers_to_os": True, "sqlite_memstatus_off": True}
+    tuned = {"big_buffers_to_os": True, "freed_heap_kept": True, "sqlite_memstatus_off": True}
+    assert out["first"] == out["again"] == tuned
     assert out["counted"] == 0  # SQLite no longer counts: the statistics are off
     assert out["rows"] == 1
+
+
+FREE_AND_MEASURE = """
+    import ctypes, json, os
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    statm, rss = os.open("/proc/self/statm", os.O_RDONLY), [bytearray(200), bytearray(200)]
+    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD at glibc's default, which glibc raises after big frees
+    tune()
+    blocks = [libc.malloc(512 * 1024) for _ in range(16)]  # 8 MiB under the mmap threshold: the heap's top
+    for block in blocks:
+        ctypes.memset(block, 1, 512 * 1024)
+    os.preadv(statm, [rss[0]], 0)  # into buffers made before: nothing may land above the blocks
+    for block in reversed(blocks):
+        libc.free(block)
+    os.preadv(statm, [rss[1]], 0)
+    held, left = (int(bytes(b).split()[1]) * os.sysconf("SC_PAGE_SIZE") for b in rss)
+    print(json.dumps({"released": held - left}))
+"""
+
+
+def released(tune: str, tmp_path: Path) -> int:
+    """How many bytes RSS drops when 8 MiB of heap blocks are freed, after ``tune`` defines and runs tune()."""
+    released = run(textwrap.dedent(tune) + textwrap.dedent(FREE_AND_MEASURE), tmp_path)["released"]
+    assert isinstance(released, int)
+    return released
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_freed_heap_memory_stays_mapped_for_reuse(tmp_path: Path) -> None:
+    # Freed buffers stay mapped, so the next ones are not fresh pages for the kernel to fault in and zero.
+    assert released("from replica.tuning import tune_process as tune", tmp_path) < 1 << 20
+    # The mmap threshold alone (the tuning before the trim threshold) gives those pages back.
+    alone = released("""
+        import ctypes
+        def tune():
+            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
+    """, tmp_path)
+    assert alone > 6 << 20
 
 
 def test_sqlite_is_left_alone_while_a_connection_is_open(tmp_path: Path) -> None:
