@@ -97,16 +97,20 @@ def check_row_keys(
 def _all_match(keys: list[str], values: list[str | None], relation: tuple[str, str]) -> bool:
     """True if every key is the one its single PK value makes; False means: look closer, row by row.
 
-    One comparison of joined strings instead of 100k small ones. NUL joins them: when neither
-    side holds a NUL of its own (JSON can only escape one in), both split back the same way.
+    One comparison of joined strings instead of 100k small ones. NUL joins them: when no value
+    holds a NUL of its own (JSON can only escape one in), the expected side has a NUL only between
+    keys, so a joined key string equal to it splits back into the same keys.
     """
-    if len(keys) != len(values) or None in values:
+    if len(keys) != len(values):
         return False
-    joined_keys, joined = "\0".join(keys), "\0".join(cast(list[str], values))
-    if joined_keys.count("\0") != len(keys) - 1 or joined.count("\0") != len(keys) - 1:
+    try:
+        joined = "\0".join(cast(list[str], values))
+    except TypeError:  # a None among them
+        return False
+    if joined.count("\0") != len(values) - 1:
         return False
     head = wire.relation_key_prefix(*relation) + '/"'
-    return joined_keys == head + joined.replace("/", "//").replace("\0", '"\0' + head) + '"'
+    return "\0".join(keys) == head + joined.replace("/", "//").replace("\0", '"\0' + head) + '"'
 
 
 def _check_pairs(pairs: Iterable[tuple[str, Sequence[str | None]]], relation: tuple[str, str], first: int = 0) -> None:

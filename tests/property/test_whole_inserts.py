@@ -30,6 +30,7 @@ def insert(i: int, title: Any = "t", n: Any = "1") -> dict[str, Any]:
 
 
 UP_TO_DATE = {"headers": {"control": "up-to-date"}}
+HEAD = '"public"."items"/"'
 SNAPSHOT_END = {"headers": {"control": "snapshot-end", "xmin": "1", "xmax": "2", "xip_list": []}}
 
 
@@ -72,11 +73,16 @@ def _mutate(messages: list[Any], kind: str, at: int) -> None:
         m["value"]["title"] = 'quote " slash / tab \t é ☃'
     elif kind == "null key column":
         m["value"]["id"] = None
+    elif kind == "NUL in key":  # the key check joins keys with NUL: one inside a key must not pass
+        m["key"] += '\x00"public"."items"/"' + m["value"]["id"] + '"'
+    elif kind == "NUL in key column":
+        m["value"]["id"] += "\x00"
 
 
 KINDS = ["none", "missing column", "extra column", "number value", "object value", "null value", "update",
          "unknown operation", "wrong key", "key not a string", "no value", "control in the middle", "snapshot-end",
-         "event", "control not a string", "neither", "escaped text", "null key column"]
+         "event", "control not a string", "neither", "escaped text", "null key column", "NUL in key",
+         "NUL in key column"]
 
 
 # Titles that end in the text a cut looks for (replica.cuts), so a cut may fall inside a string.
@@ -128,6 +134,10 @@ def _dumps(messages: list[Any]) -> bytes:
 # One message a piece: up-to-date ends a piece but more follow; a wrong key, then a body cut short.
 @example(raw=_dumps([insert(0), UP_TO_DATE, insert(1)]), piece=1)
 @example(raw=_dumps([{**insert(0), "key": "wrong"}, insert(1)])[:-5], piece=1)
+# Keys and key columns that join (with NUL) into the same text, though no key matches its row.
+@example(raw=_dumps([{**insert(0), "key": HEAD + 'a"', "value": {"id": "a\x00b", "title": "t", "n": "1"}},
+                     {**insert(1), "key": HEAD + 'b"\x00' + HEAD + 'c"', "value": {"id": "c", "title": "t", "n": "1"}}]),
+         piece=inserts.PIECE)
 def test_fast_and_careful_routes_agree(raw: bytes, piece: int) -> None:
     """Read in pieces of ``piece`` bytes (a message is ~100), the fast route still agrees."""
     with pytest.MonkeyPatch.context() as monkeypatch:
