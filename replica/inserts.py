@@ -20,10 +20,10 @@ from replica import cuts
 from replica.errors import ProtocolError
 from replica.wire import UP_TO_DATE, Change, parse_body
 
-__all__ = ["PIECE", "BodyChanges", "Check", "WholeInserts", "parse_whole_inserts"]
+__all__ = ["NUL_ESCAPE", "PIECE", "BodyChanges", "Check", "WholeInserts", "parse_whole_inserts"]
 
 PIECE = 128 * 1024  # validated in pieces of about this size: its objects stay in the CPU cache
-_NUL_ESCAPE = re.compile(rb"\\u0000")  # re finds it faster than ``in`` over a JSON body (1.4-2.4x for "\\u")
+NUL_ESCAPE = re.compile(rb"\\u0000")  # re finds it faster than ``in`` over a JSON body (1.4-2.4x for "\\u")
 
 
 class BodyChanges(Sequence[Change]):
@@ -57,7 +57,7 @@ class BodyChanges(Sequence[Change]):
         cannot hold a NUL, so this is only ever a hostile body. Other escapes read alike: a lone
         surrogate never gets here (msgspec refuses it), the rest decode to what Python decodes.
         """
-        return _NUL_ESCAPE.search(self.body) is not None  # asked once: ~0.5 ms per MB
+        return NUL_ESCAPE.search(self.body) is not None  # asked once: ~0.5 ms per MB
 
     def __len__(self) -> int:
         return self._count

@@ -305,15 +305,17 @@ def bulk_write(
     — a value only the Python converters can judge refusing, a count that does not match, a NULL
     key — rolls back, and the Python path takes over and names the problem.
     """
-    if changes.columns != frozenset(schema.names) or changes.nul_escapes:
+    if changes.columns != frozenset(schema.names):
         return False
     select = sqlconvert.bulk_select_sql(schema, key)
     if select is None:
         return False
     ready = changes.converted
     if ready is not None and "s.k" not in key and ready[0] == sqlconvert.bulk_select_sql(schema):
-        # Converted ahead by workers (replica.scratch): only the copy is left to do, part by part.
+        # Converted ahead by workers (replica.scratch), which also found no escaped NUL: only the copy is left.
         statements = [(into(sqlconvert.attached_select(len(schema.names), key, part)), ()) for part in range(ready[1])]
+    elif changes.nul_escapes:
+        return False
     else:
         statements = [(into(select), (changes.body.decode("utf-8"),))]
     conn.execute("SAVEPOINT _replica_bulk")

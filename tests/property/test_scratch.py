@@ -13,7 +13,7 @@ from typing import Any
 
 import apsw
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from replica import cuts, scratch
@@ -51,6 +51,25 @@ def test_a_cut_is_between_elements_or_makes_invalid_json(
     if not all(SQLITE.execute("SELECT json_valid(?, 2)", (text,)).fetchone()[0] for text in texts):
         return  # a wrong cut: that part fails to convert, and the writer converts the body itself
     assert [element for text in texts for element in json.loads(text)] == elements
+
+
+@st.composite
+def _ranges(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    body = b"".join(draw(st.lists(st.sampled_from([b"\\", b"u", b"0", b"\\u000", b"\\u0000", b"a"]), max_size=12)))
+    start = draw(st.integers(0, len(body)))
+    return body, start, draw(st.integers(start, len(body)))
+
+
+@given(_ranges())
+@example((b"a\\u0000", 1, 7))  # the escape ends where the range does
+@example((b"\\u0000a", 0, 5))  # the range ends inside it
+def test_an_escaped_nul_is_found_in_exactly_the_range_asked(drawn: tuple[bytes, int, int]) -> None:
+    body, start, end = drawn
+    expected = b"\\u0000" in body[start:end]
+    assert scratch.nul_escape(body, start, end) is expected  # the C library's memmem, on this platform
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(scratch, "_memmem", None)  # where there is none: the regex
+        assert scratch.nul_escape(body, start, end) is expected
 
 
 def test_messages_are_cut_into_halves_then_pieces_and_small_bodies_kept_whole() -> None:

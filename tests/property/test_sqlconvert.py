@@ -227,7 +227,8 @@ def test_an_escaped_nul_takes_the_python_path(
     bulk_calls.clear()
     assert snapshot(str(tmp_path / "bulk.db"), values, True, last=150, ahead=ahead) == python
     assert [row[5] for row in python[199:201]] == ["2024-01-02 03:04:05+00:00", "2024-01-02 03:04:05+00\x00junk"]
-    assert bulk_calls == [(True, 2 if ahead else 0), (False, 2 if ahead else 0)]  # only the body with the NUL: Python
+    # Only the body with the NUL goes the Python way: the workers refuse to convert it, and so does the writer.
+    assert bulk_calls == [(True, 2 if ahead else 0), (False, 0)]
 
 
 def ascii_body_of(changes: tuple[Change, ...]) -> bytes:
