@@ -11,10 +11,9 @@ converting them.
 
 Nothing here touches the store's file, so converting a body that then fails validation costs
 only the time. A conversion that fails (a value only the Python converters can judge, or an
-escaped NUL, which the SQL misreads: ``BodyChanges.nul_escapes``) is dropped, and the writer takes
-its usual route, which names the value. The rows are used only
-for the commit made of the very same body, and only if ``Converted.select`` is the SELECT the
-writer would run itself.
+escaped NUL, which the SQL misreads: ``BodyChanges.nul_escapes``) is dropped, and the writer
+takes its usual route, which names the value. The rows are used only for the commit made of the
+very same body, and only if ``Converted.select`` is the SELECT the writer would run itself.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def tune_process() -> dict[str, bool]:
     mapped for the next allocation, rather than going back to the OS once 128 KiB are free. A
     sync allocates and frees ~1 MiB read buffers and conversion pieces all the time, and each
     fresh page is a fault the kernel serves and zeroes: a 1M-row narrow sync took 250k page
-    faults and ~10 % more CPU without this, 85k with it, for ~15 MB more peak RSS.
+    faults and ~7 % more CPU without this, 85k with it, for ~15 MB more peak RSS.
 
     ``sqlite_memstatus_off``: SQLite keeps memory statistics behind one process-wide mutex that
     every allocation takes; the two threads converting a snapshot (replica.scratch) contend for
