@@ -74,7 +74,7 @@ def _mutate(messages: list[Any], kind: str, at: int) -> None:
     elif kind == "null key column":
         m["value"]["id"] = None
     elif kind == "NUL in key":  # the key check joins keys with NUL: one inside a key must not pass
-        m["key"] += '\x00"public"."items"/"' + m["value"]["id"] + '"'
+        m["key"] += "\x00" + HEAD + m["value"]["id"] + '"'
     elif kind == "NUL in key column":
         m["value"]["id"] += "\x00"
 
