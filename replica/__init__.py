@@ -10,8 +10,8 @@ ElectricSQL's HTTP Shape API.
 
 __version__ = "0.1.0"
 
-from replica.backoff import Backoff
-from replica.dbfile import connect
+from replica.sync.backoff import Backoff
+from replica.store.file import connect
 from replica.errors import (
     ConfigError,
     NetworkError,
@@ -22,9 +22,9 @@ from replica.errors import (
     StoreError,
     TransientError,
 )
-from replica.protocol import Checkpoint, Commit, Shape, ShapeLog
-from replica.store import Applied, Store
-from replica.sync import Replica, ShapeState
+from replica.protocol.shapelog import Checkpoint, Commit, Shape, ShapeLog
+from replica.store.store import Applied, Store
+from replica.sync.replica import Replica, ShapeState
 from replica.tuning import tune_process
 
 __all__ = [

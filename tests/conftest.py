@@ -11,7 +11,7 @@ from hypothesis import settings
 
 import pg
 from replica.testing import FakeElectric, Server, serve_in_thread
-from replica.testing.pgcluster import PgCluster
+from replica.testing.postgres.cluster import PgCluster
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True)
@@ -78,7 +78,7 @@ def pg_dsn(pg_cluster: PgCluster) -> str:
 @pytest.fixture
 def bulk_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
     """Spy on ``tables.bulk_write``: per call, (its answer, how many parts converted ahead were attached)."""
-    from replica import tables
+    from replica.store import tables
 
     calls: list[tuple[bool, int]] = []
     real = tables.bulk_write

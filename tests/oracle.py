@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from replica import connect
-from replica.schema import TableSchema
+from replica.typemap.schema import TableSchema
 from replica.testing import FakeElectric
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from replica.testing.pgcluster import PgCluster, find_postgres_bin
+from replica.testing.postgres.cluster import PgCluster, find_postgres_bin
 
 _names = itertools.count(1)
 

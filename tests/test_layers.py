@@ -1,4 +1,8 @@
-"""The module layering of design.md §2, checked by walking imports with ast."""
+"""The layers of design.md §2, checked by walking imports with ast.
+
+replica is a stack of subpackages; a module may import its own subpackage and the layers below
+it, never a layer above. Top-level modules (errors, …) are the foundation every layer may use.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,20 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "replica"
-# Each module may import only modules listed before it (design.md §2).
-ORDER = ["errors", "wire", "cuts", "inserts", "pgarray", "values", "schema", "sqlconvert", "replies", "protocol", "backoff", "dbfile", "scratch", "tuning", "tables", "staging", "shadow",
-         "publish", "store", "events", "inflight", "http", "sync", "config", "logs", "metrics",
-         "status", "daemon", "testing", "demo", "cli"]
+# Bottom to top: each layer may import the ones before it (design.md §2).
+LAYERS = ["errors", "redaction", "status", "tuning", "typemap", "protocol", "fast", "store", "sync", "testing", "cli"]
+# Layers that are pure: no I/O, no clock, no randomness, no threads.
+PURE = ["errors", "redaction", "status", "typemap", "protocol"]
 PURE_FORBIDDEN = {"httpx", "anyio", "apsw", "time", "random", "socket", "asyncio", "threading", "sqlite3", "os"}
 
 
+def layer_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return parts[0]
+
+
 def replica_imports(path: Path) -> set[str]:
+    """The layers (``replica.<layer>``) and external top-level packages (``ext:<name>``) a file imports."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -26,40 +36,49 @@ def replica_imports(path: Path) -> set[str]:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] == "replica" and len(parts) > 1 and parts[1] in ORDER:
+            if parts[0] == "replica" and len(parts) > 1 and parts[1] in LAYERS:
                 found.add(parts[1])
             elif parts[0] != "replica":
                 found.add("ext:" + parts[0])
     return found
 
 
-def modules() -> list[tuple[str, Path]]:
-    result = [(p.stem, p) for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")]
-    result += [("testing", p) for p in (PACKAGE / "testing").glob("*.py")]
-    return result
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.stem not in ("__init__", "__main__"))
 
 
-@pytest.mark.parametrize(("name", "path"), modules(), ids=lambda v: str(v))
-def test_imports_follow_the_layering(name: str, path: Path) -> None:
-    assert name in ORDER, f"{name}.py is not in design.md's module list"
-    allowed = set(ORDER[: ORDER.index(name) + 1])
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    layer = layer_of(path)
+    assert layer in LAYERS, f"{path.relative_to(PACKAGE)} is in no layer of design.md §2"
+    allowed = set(LAYERS[: LAYERS.index(layer) + 1])
     bad = {m for m in replica_imports(path) if not m.startswith("ext:") and m not in allowed}
-    assert not bad, f"{path.name} imports {sorted(bad)}, which come later in design.md §2"
+    assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}, layers above {layer!r} (design.md §2)"
 
 
-def test_protocol_core_is_free_of_io() -> None:
-    for module in ("protocol", "replies", "wire", "errors", "pgarray", "values", "schema", "sqlconvert", "cuts", "inserts"):
-        external = {m[4:] for m in replica_imports(PACKAGE / f"{module}.py") if m.startswith("ext:")}
-        assert not external & PURE_FORBIDDEN, f"{module}.py imports I/O: {sorted(external & PURE_FORBIDDEN)}"
+def test_every_subpackage_says_what_it_holds_and_may_import() -> None:
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "May import" in doc and "Never imported by" in doc, f"{init.relative_to(PACKAGE)} lacks its layer note"
+
+
+def test_the_pure_layers_do_no_io() -> None:
+    for path in modules():
+        if layer_of(path) in PURE:
+            external = {m[4:] for m in replica_imports(path) if m.startswith("ext:")}
+            assert not external & PURE_FORBIDDEN, f"{path.name} imports I/O: {sorted(external & PURE_FORBIDDEN)}"
 
 
 def test_foreign_exceptions_are_translated_in_one_place_each() -> None:
-    for path in PACKAGE.rglob("*.py"):
+    for path in modules():
         text = path.read_text()
-        if path.name != "http.py" and "testing" not in path.parts:
-            assert "except httpx" not in text, f"{path.name} catches httpx errors; only http.py may"
-        if path.name not in ("store.py", "staging.py", "publish.py", "shadow.py", "scratch.py", "tuning.py") and "testing" not in path.parts:
-            assert "except apsw" not in text, f"{path.name} catches apsw errors; only the store's modules may"
+        layer = layer_of(path)
+        if layer == "testing":
+            continue
+        if path.relative_to(PACKAGE) != Path("sync/http.py"):
+            assert "except httpx" not in text, f"{path.name} catches httpx errors; only sync/http.py may"
+        if layer not in ("store", "fast", "tuning"):
+            assert "except apsw" not in text, f"{path.name} catches apsw errors; only the store and fast layers may"
 
 
 def test_modules_stay_small() -> None:

@@ -12,13 +12,18 @@
 
 The behaviour follows shared/docs/electric-protocol.md (Electric 1.x); see ``FakeElectric``
 and ``Fault`` for the details. ``python -m replica.testing serve`` runs the sample dataset.
+``fake/`` is the in-memory server and the protocol machinery both servers share; ``postgres/``
+serves a real Postgres database through that machinery (needs the ``postgres`` extra).
+
+May import: the foundation, ``replica.typemap``, ``replica.protocol``.
+Never imported by: the library layers (``replica.cli``'s demo uses it).
 """
 
-from replica.testing.core import FakeElectric
-from replica.testing.database import Transaction
-from replica.testing.faults import Fault, FaultPlan
-from replica.testing.responses import FakeResponse
-from replica.testing.sample import sample_fake
+from replica.testing.fake.service import FakeElectric
+from replica.testing.fake.database import Transaction
+from replica.testing.fake.faults import Fault, FaultPlan
+from replica.testing.fake.responses import FakeResponse
+from replica.testing.fake.sample import sample_fake
 from replica.testing.server import Server, serve, serve_in_thread
 
 __all__ = [

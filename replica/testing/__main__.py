@@ -16,8 +16,8 @@ from contextlib import ExitStack
 
 import anyio
 
-from replica.testing.core import ShapeService
-from replica.testing.sample import sample_fake
+from replica.testing.fake.service import ShapeService
+from replica.testing.fake.sample import sample_fake
 from replica.testing.server import serve
 
 
@@ -83,7 +83,7 @@ async def _serve(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         source: ShapeService
         if args.postgres is not None:
-            from replica.testing.pgserver import PostgresElectric  # needs psycopg: the postgres extra
+            from replica.testing.postgres.server import PostgresElectric  # needs psycopg: the postgres extra
 
             source = stack.enter_context(
                 PostgresElectric(

@@ -34,8 +34,10 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data  # noqa: E402
 
-from replica import scratch, sqlconvert, tune_process  # noqa: E402
-from replica.schema import TableSchema, create_table_sql, quote_ident  # noqa: E402
+from replica import tune_process  # noqa: E402
+from replica.fast import convert as scratch  # noqa: E402
+from replica.typemap import sql as sqlconvert  # noqa: E402
+from replica.typemap.schema import TableSchema, create_table_sql, quote_ident  # noqa: E402
 
 
 class Msg(msgspec.Struct, gc=False):

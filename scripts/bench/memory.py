@@ -23,7 +23,7 @@ import apsw
 # Runs the CLI in-process and reports the peak resident set of that process, in KiB (Linux).
 CHILD = """
 import resource, sys
-from replica.cli import main
+from replica.cli.commands import main
 code = main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
 sys.exit(code)

@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 
 from replica import Replica, Shape, connect
-from replica.testing.pgcluster import PgCluster
+from replica.testing.postgres.cluster import PgCluster
 
 
 def percentile(values: list[float], fraction: float) -> float:

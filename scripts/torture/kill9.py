@@ -51,8 +51,8 @@ if str(ROOT) not in sys.path:
 
 import apsw  # noqa: E402  (replica's own SQLite; this process runs no Store)
 
-from replica import wire  # noqa: E402
-from replica.schema import TableSchema  # noqa: E402
+from replica.protocol import wire  # noqa: E402
+from replica.typemap.schema import TableSchema  # noqa: E402
 from replica.testing import FakeElectric, serve_in_thread  # noqa: E402
 
 COLUMNS = {

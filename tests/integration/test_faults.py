@@ -20,7 +20,7 @@ from oracle import expected, local, pk_of
 
 from replica import Backoff, Replica, Shape
 from replica.testing import FakeElectric, Fault, serve_in_thread
-from replica.testing.faults import FAULT_KINDS, PHASES
+from replica.testing.fake.faults import FAULT_KINDS, PHASES
 
 COLUMNS = {
     "id": {"type": "int8", "pk_index": 0, "not_null": True},

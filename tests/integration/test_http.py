@@ -14,8 +14,8 @@ import httpcore
 import pytest
 from httpcore._backends.anyio import AnyIOStream
 
-from replica import http as replica_http
-from replica.protocol import Request
+from replica.sync import http as replica_http
+from replica.protocol.shapelog import Request
 
 BODY = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB, no two reads alike
 

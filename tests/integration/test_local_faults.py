@@ -25,8 +25,8 @@ from oracle import expected, local, pk_of
 
 from replica import Backoff, Replica, Shape, connect
 from replica.errors import StoreError
-from replica.protocol import Response, ShapeLog
-from replica.store import Store
+from replica.protocol.shapelog import Response, ShapeLog
+from replica.store.store import Store
 from replica.testing import FakeElectric, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]

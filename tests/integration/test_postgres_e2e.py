@@ -23,7 +23,7 @@ from pg import sql, wait_for
 
 from replica import Backoff, Replica, Shape
 from replica.testing import Server, serve_in_thread
-from replica.testing.pgserver import PostgresElectric
+from replica.testing.postgres.server import PostgresElectric
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 

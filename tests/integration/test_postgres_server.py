@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from pg import sql, wait_for
 
-from replica import wire
-from replica.testing.pgserver import PostgresElectric
+from replica.protocol import wire
+from replica.testing.postgres.server import PostgresElectric
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 

@@ -32,7 +32,7 @@ import pytest
 from oracle import expected, local, pk_of
 
 from replica import Backoff, ConfigError, Replica, ReplicaError, Shape, connect
-from replica.store import Store
+from replica.store.store import Store
 from replica.testing import FakeElectric, Fault, serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -134,7 +134,7 @@ def test_a_bad_url_is_refused_without_echoing_its_secret() -> None:
 
 
 def test_the_daemon_endpoints_and_status_leak_no_secret(tmp_path: Path) -> None:
-    pytest.importorskip("replica.daemon")
+    pytest.importorskip("replica.cli.daemon")
     fake = make_fake()
     fake.faults.add(Fault("status", status=503, times=3))
     db = tmp_path / "replica.db"
@@ -310,7 +310,7 @@ def test_local_endpoints_bind_loopback_unless_configured(tmp_path: Path) -> None
     helps = subprocess.run([sys.executable, "-m", "replica.testing", "serve", "--help"], cwd=ROOT,
                            capture_output=True, text=True, timeout=30).stdout
     assert "127.0.0.1" in helps
-    config_module = pytest.importorskip("replica.config")
+    config_module = pytest.importorskip("replica.cli.config")
     assert config_module.DEFAULT_HOST == "127.0.0.1"
     assert config_module.parse_listen(":9000") == ("127.0.0.1", 9000)
     config = tmp_path / "replica.toml"

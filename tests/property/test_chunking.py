@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from oracle import local
 
-from replica.protocol import Response, Shape, ShapeLog
-from replica.store import Store
+from replica.protocol.shapelog import Response, Shape, ShapeLog
+from replica.store.store import Store
 from replica.testing import FakeElectric
 
 COLUMNS = {"id": {"type": "int4", "pk_index": 0, "not_null": True}, "title": {"type": "text"},

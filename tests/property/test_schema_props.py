@@ -10,7 +10,7 @@ import apsw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica.schema import TableSchema, create_table_sql
+from replica.typemap.schema import TableSchema, create_table_sql
 
 PROPS = settings(deadline=None, max_examples=150)
 

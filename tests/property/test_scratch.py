@@ -16,13 +16,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from replica import cuts, scratch
+from replica.protocol import framing as cuts
+from replica.fast import convert as scratch
 from replica.errors import ProtocolError
-from replica.inserts import BodyChanges
-from replica.protocol import Checkpoint, Commit, Shape
-from replica.schema import TableSchema
-from replica.store import Store
-from replica.wire import build_key
+from replica.protocol.snapshot import BodyChanges
+from replica.protocol.shapelog import Checkpoint, Commit, Shape
+from replica.typemap.schema import TableSchema
+from replica.store.store import Store
+from replica.protocol.wire import build_key
 
 SQLITE = apsw.Connection(":memory:")
 _tricky = st.sampled_from(['},{"', '}, {"key"', '"},{"', "}", "{", "[", "]", ",", '\\"', "x"])

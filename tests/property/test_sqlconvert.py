@@ -19,13 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replica import scratch, sqlconvert
+from replica.fast import convert as scratch
+from replica.typemap import sql as sqlconvert
 from replica.errors import ProtocolError
-from replica.protocol import Checkpoint, Commit, Shape
-from replica.schema import Column
-from replica.store import Store
-from replica.inserts import BodyChanges
-from replica.wire import Change, build_key
+from replica.protocol.shapelog import Checkpoint, Commit, Shape
+from replica.typemap.schema import Column
+from replica.store.store import Store
+from replica.protocol.snapshot import BodyChanges
+from replica.protocol.wire import Change, build_key
 
 PROPS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica.protocol import Checkpoint, Commit, Shape
-from replica.store import ShapeStatus, Store
-from replica.wire import Change, build_key
+from replica.protocol.shapelog import Checkpoint, Commit, Shape
+from replica.store.store import ShapeStatus, Store
+from replica.protocol.wire import Change, build_key
 
 PROPS = settings(deadline=None, max_examples=120)
 SHAPE = Shape("items")

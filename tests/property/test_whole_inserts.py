@@ -15,10 +15,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from replica import inserts, protocol, wire
+from replica.protocol import snapshot as inserts
+from replica.protocol import shapelog as protocol
+from replica.protocol import wire
 from replica.errors import ReplicaError
-from replica.inserts import BodyChanges
-from replica.protocol import Response, Shape, ShapeLog
+from replica.protocol.snapshot import BodyChanges
+from replica.protocol.shapelog import Response, Shape, ShapeLog
 
 SCHEMA = {"id": {"type": "int8", "pk_index": 0, "not_null": True}, "title": {"type": "text"}, "n": {"type": "int4"}}
 SHAPE = Shape("items")
@@ -74,9 +76,9 @@ def _mutate(messages: list[Any], kind: str, at: int) -> None:
     elif kind == "null key column":
         m["value"]["id"] = None
     elif kind == "NUL in key":  # the key check joins keys with NUL: one inside a key must not pass
-        m["key"] += "\x00" + HEAD + m["value"]["id"] + '"'
+        m["key"] += "\x00" + HEAD + (m["value"]["id"] or "0") + '"'  # an earlier mutation may have nulled it
     elif kind == "NUL in key column":
-        m["value"]["id"] += "\x00"
+        m["value"]["id"] = (m["value"]["id"] or "") + "\x00"
 
 
 KINDS = ["none", "missing column", "extra column", "number value", "object value", "null value", "update",

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from replica.config import DEFAULT_HOST, DEFAULT_PORT, load_config, parse_config, parse_listen, schema
+from replica.cli.config import DEFAULT_HOST, DEFAULT_PORT, load_config, parse_config, parse_listen, schema
 from replica.errors import ConfigError
-from replica.protocol import Shape
+from replica.protocol.shapelog import Shape
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"url": "http://127.0.0.1:3000/v1/shape", "database": "app.db", "shapes": [{"table": "items"}]}
@@ -175,8 +175,8 @@ def test_parse_listen_refuses(text: str) -> None:
 
 def test_the_shipped_schema_is_the_published_one() -> None:
     published = (ROOT / "schemas" / "config.schema.json").read_text()
-    shipped = (ROOT / "replica" / "config.schema.json").read_text()
-    assert shipped == published, "copy schemas/config.schema.json to replica/config.schema.json"
+    shipped = (ROOT / "replica" / "cli" / "config.schema.json").read_text()
+    assert shipped == published, "copy schemas/config.schema.json to replica/cli/config.schema.json"
 
 
 def readme_daemon_section() -> str:

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from replica import wire
+from replica.protocol import wire
 from replica.testing import FakeElectric, FakeResponse
 
 ITEMS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from replica.testing.where import WhereError, column_kind, compile_where
+from replica.testing.fake.where import WhereError, column_kind, compile_where
 
 COLUMNS = {
     "id": column_kind("int8"),

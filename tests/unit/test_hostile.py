@@ -23,10 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replica import Backoff, Replica, connect, wire
+from replica import Backoff, Replica, connect
+from replica.protocol import wire
 from replica.errors import ConfigError, ProtocolError, ReplicaError, ShapeError, StoreError
-from replica.protocol import Response, Shape, ShapeLog
-from replica.store import Store
+from replica.protocol.shapelog import Response, Shape, ShapeLog
+from replica.store.store import Store
 
 HANDLE = "h-1"
 SCHEMA = {

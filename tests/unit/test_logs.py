@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from replica.logs import FailureLog, Progress, Redactor, setup_logging
+from replica.cli.logs import FailureLog, Progress, Redactor, setup_logging
 
 
 class Clock:
@@ -65,7 +65,7 @@ def test_the_sync_loops_retry_warnings_give_way_to_the_failure_log(stream: io.St
 def test_a_failure_is_logged_once_then_summarised_then_recovered(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     failures = FailureLog(interval=60, clock=clock)
-    caplog.set_level(logging.INFO, logger="replica.daemon")
+    caplog.set_level(logging.INFO, logger="replica.cli.daemon")
     for second in range(0, 150, 5):  # 30 errors over 150 s
         clock.now = second
         failures.failed("items", f"503 #{second}")

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from replica import wire
+from replica.protocol import wire
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
-from replica.protocol import Checkpoint, Response, Shape, ShapeLog
+from replica.protocol.shapelog import Checkpoint, Response, Shape, ShapeLog
 
 SCHEMA = {"id": {"type": "int4", "pk_index": 0, "not_null": True}, "title": {"type": "text"}}
 SHAPE = Shape("items")

@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 
 from replica.errors import ProtocolError, ShapeError
-from replica.pgarray import parse_array
-from replica.schema import TableSchema, create_table_sql, identity_index_sql, quote_ident
+from replica.typemap.pgarray import parse_array
+from replica.typemap.schema import TableSchema, create_table_sql, identity_index_sql, quote_ident
 
 
 def convert(pg_type: str, text: str | None, dims: int = 0, override: str | None = None) -> object:

@@ -8,7 +8,7 @@ import pytest
 from test_store import ITEMS, change, commit, rows  # noqa: F401  (shared helpers)
 
 from replica.errors import ProtocolError, StoreError
-from replica.store import Store
+from replica.store.store import Store
 
 SHADOW = "_replica_new_items"
 

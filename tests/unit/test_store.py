@@ -18,9 +18,9 @@ import apsw
 import pytest
 
 from replica.errors import ProtocolError, ShapeError, StoreError
-from replica.protocol import Checkpoint, Commit, Shape
-from replica.store import STATE_SQL, Store
-from replica.wire import Change, build_key
+from replica.protocol.shapelog import Checkpoint, Commit, Shape
+from replica.store.store import STATE_SQL, Store
+from replica.protocol.wire import Change, build_key
 
 ITEMS = Shape("items")
 SCHEMA: dict[str, Any] = {

@@ -108,7 +108,7 @@ def test_statistics_turned_off_by_someone_else_are_left_alone(tmp_path: Path) ->
 def test_the_cli_tunes_its_process(tmp_path: Path) -> None:
     out = run("""
         import json, apsw
-        from replica import cli
+        from replica.cli import commands as cli
         code = cli.main(["status", "--db", "missing.db"])  # refused (exit 2), after tuning
         conn = apsw.Connection(":memory:")
         print(json.dumps({"code": code, "counted": apsw.memory_used()}))

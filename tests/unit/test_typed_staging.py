@@ -13,7 +13,7 @@ import pytest
 from test_store import ITEMS, change, commit, rows  # noqa: F401  (shared helpers)
 
 from replica.errors import StoreError
-from replica.store import Store
+from replica.store.store import Store
 
 
 def existing(store: Store) -> Store:

@@ -1,0 +1,309 @@
+"""``replica run``: the sidecar daemon around a Replica.
+
+It adds what operating one needs: /healthz, /readyz and /metrics on a loopback port, signals
+(the first SIGTERM/SIGINT stops cleanly, a second exits at once), systemd notification
+(READY=1 after the first full sync, STOPPING=1), credentials re-read from their file or command
+after a 401/403, progress during the initial sync, and redacted, rate-limited logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from replica.cli.config import Config, Source
+from replica.errors import ConfigError, ReplicaError, ShapeError
+from replica.cli.logs import FailureLog, Progress, Redactor, setup_logging
+from replica.cli.metrics import CONTENT_TYPE, Metrics
+from replica.sync.replica import Replica, ShapeState, SyncEvent
+
+__all__ = ["Daemon", "notify_systemd", "run_daemon"]
+
+log = logging.getLogger("replica.cli.daemon")
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
+TTY_REFRESH = 0.5  # seconds between redraws of the progress line
+REFRESH_DEBOUNCE = 1.0  # shapes hitting 401 together re-read the credentials once
+_SENSITIVE = ("authorization", "cookie", "token", "secret", "key", "password", "auth")
+
+
+def run_daemon(config: Config, *, listen: tuple[str, int] | None = None, once: bool = False) -> int:
+    """Run until signalled (or, with ``once``, until every shape is up to date). Returns the exit code."""
+    redact = Redactor()
+    tty = sys.stderr.isatty() and config.log_format == "text"
+    setup_logging(redact, fmt=config.log_format, level=config.log_level, tty=tty)
+    try:
+        daemon = Daemon(config, redact, tty=tty)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    server = None
+    if not once or listen is not None:  # --once is for scripts and init containers: no port unless asked
+        host, port = listen or config.listen
+        try:
+            server = _Server((host, port), daemon)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s; choose another with --listen or `listen =`",
+                      host, port, exc.strerror)
+            return EXIT_FATAL
+        bound = server.server_address
+        log.info("serving /healthz /readyz /metrics on http://%s:%d", _host(str(bound[0])), bound[1])
+        threading.Thread(target=server.serve_forever, name="replica-http", daemon=True).start()
+    try:
+        return anyio.run(daemon.main, once)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+class Daemon:
+    """One Replica plus the state the endpoint, the logs and the progress display read."""
+
+    def __init__(self, config: Config, redact: Redactor, *, tty: bool = False) -> None:
+        self.config = config
+        self.redact = redact
+        self.tty = tty
+        redact.add(config.secret.literal if config.secret else None)
+        for source in config.sources():
+            self._remember(source)  # reads file/command sources now: a missing token file is a config error
+        names = tuple(shape.local_name for shape in config.shapes)
+        self.progress = Progress(names)
+        self.failures = FailureLog()
+        self.stopping = False
+        self._refreshed = -REFRESH_DEBOUNCE
+        self._refresh_lock = threading.Lock()
+        secret = config.secret
+        self.replica = Replica(
+            config.database,
+            config.url,
+            config.shapes,
+            secret=secret.literal if secret is not None and not secret.dynamic else None,
+            params={"secret": secret.value} if secret is not None and secret.dynamic else None,
+            headers={name: (source.literal if not source.dynamic else source.value)  # type: ignore[misc]
+                     for name, source in config.headers.items()},
+            on_unauthorized=self._unauthorized if any(s.dynamic for s in config.sources()) else None,
+            overrides=config.overrides,
+            observer=self._observe,
+            verify=str(config.ca_file) if config.ca_file is not None else True,
+        )
+        self.metrics = Metrics(config.database, self.replica.status, self.ready)
+
+    # --- what the endpoint reports ---
+
+    def ready(self) -> bool:
+        return not self.stopping and all(_shape_ready(s) for s in self.replica.status())
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready?, and a JSON body naming every shape that is not, and why."""
+        shapes = self.replica.status()
+        ready = self.ready()
+        body = {
+            "ready": ready,
+            "not_ready": [{"name": s.name, "state": s.state, "reason": self._reason(s)}
+                          for s in shapes if not _shape_ready(s)],
+            "shapes": [
+                {"name": s.name, "state": s.state, "ready": _shape_ready(s), "rows": s.rows, "handle": s.handle,
+                 "offset": s.offset, "last_up_to_date": s.last_synced_at,
+                 "error": self.redact(s.error) if s.error else None}
+                for s in shapes
+            ],
+        }
+        if self.stopping:
+            body["reason"] = "shutting down"
+        return ready, body
+
+    def _reason(self, shape: ShapeState) -> str:
+        if shape.state == "error":
+            return self.redact(f"stopped by an error: {shape.error}")
+        if shape.last_synced_at is None:
+            detail = f": {self.redact(shape.error)}" if shape.error else ""
+            return f"initial sync not finished ({shape.state}{detail})"
+        return shape.state
+
+    # --- the run ---
+
+    async def main(self, once: bool) -> int:
+        code = EXIT_OK
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+            tg.start_soon(self._watch_signals, scope)
+            tg.start_soon(self._report_progress)
+            tg.start_soon(self._announce_ready)
+            with scope:
+                try:
+                    await self.replica.run(once=once)
+                    if not once and not self.stopping:
+                        log.error("every shape has stopped with an error; exiting")
+                        code = EXIT_FATAL
+                except ShapeError as exc:
+                    log.error("%s", exc)
+                    code = EXIT_FATAL
+                except ReplicaError as exc:
+                    log.error("%s", exc)
+                    code = EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FATAL
+            tg.cancel_scope.cancel()
+        if self.stopping:
+            log.info("stopped")
+            return EXIT_OK
+        return code
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self.stopping:  # the second signal: do not wait for anything
+                    os._exit(128 + signum)
+                self.stopping = True
+                log.info("%s: stopping (a commit in flight finishes first; signal again to exit at once)",
+                         signal.Signals(signum).name)
+                notify_systemd("STOPPING=1")
+                scope.cancel()
+
+    async def _announce_ready(self) -> None:
+        await self.replica.synced()
+        notify_systemd(f"READY=1\nSTATUS={len(self.config.shapes)} shape(s) up to date")
+
+    async def _report_progress(self) -> None:
+        interval = TTY_REFRESH if self.tty else self.config.progress_interval
+        while not self.progress.finished:
+            with anyio.move_on_after(interval):
+                while not self.progress.finished:
+                    await anyio.sleep(0.05)
+            if self.progress.finished:
+                break
+            if self.tty:
+                sys.stderr.write("\r\x1b[K" + self.redact(self.progress.line()))
+                sys.stderr.flush()
+            else:
+                log.info("initial sync: %s", self.progress.line())
+        log.info("initial sync done: %s", self.progress.line())
+
+    # --- events from the sync loop ---
+
+    def _observe(self, event: SyncEvent) -> None:
+        self.metrics.observe(event)
+        name = event.name
+        if event.kind == "response":
+            self.progress.received(name, event.size)
+        elif event.kind == "commit" and event.applied is not None:
+            applied = event.applied
+            self.progress.rows(name, applied.rows if applied.published else applied.rows + applied.staged)
+            if applied.published and (applied.refetch or applied.inserted or applied.updated or applied.deleted):
+                log.debug("shape %s: +%d ~%d -%d rows (%d in table)", name, applied.inserted, applied.updated,
+                          applied.deleted, applied.rows)
+        elif event.kind == "retry":
+            self.failures.failed(name, event.error or "error")
+        elif event.kind == "refetch":
+            log.info("shape %s: the server asked for a resync (409); old rows stay visible until it commits", name)
+        elif event.kind == "state" and event.shape is not None:
+            if event.shape.state in ("syncing", "live"):
+                self.failures.recovered(name)
+            if event.shape.state == "live":
+                self.progress.reached(name)
+            elif event.shape.state == "error":
+                self.progress.reached(name, failed=True)
+
+    async def _unauthorized(self, status: int) -> Mapping[str, str] | None:
+        """401/403: read file and command credentials again, and retry with them."""
+        await anyio.to_thread.run_sync(self._refresh_sources, status)
+        return {name: source.value() for name, source in self.config.headers.items() if source.dynamic}
+
+    def _refresh_sources(self, status: int) -> None:
+        with self._refresh_lock:
+            if time.monotonic() - self._refreshed < REFRESH_DEBOUNCE:
+                return  # another shape's 401 just re-read them
+            for source in self.config.sources():
+                try:
+                    if source.refresh():
+                        log.info("%s: read a new value after HTTP %d", source.field, status)
+                except ConfigError as exc:
+                    log.warning("%s (keeping the previous value)", exc)
+                self._remember(source)
+            self._refreshed = time.monotonic()
+
+    def _remember(self, source: Source) -> None:
+        """Read ``source`` and make sure its value never reaches a log line or an endpoint."""
+        value = source.value()
+        name = source.field.rpartition(".")[2].lower()
+        if source.dynamic or source.field == "secret" or any(word in name for word in _SENSITIVE):
+            self.redact.add(value)
+            self.redact.add(value[len(source.prefix):])
+
+
+def _shape_ready(shape: ShapeState) -> bool:
+    return shape.last_synced_at is not None and shape.state != "error"
+
+
+def notify_systemd(message: str) -> None:
+    """Send ``message`` to systemd's notify socket (Type=notify), if NOTIFY_SOCKET is set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at NOTIFY_SOCKET: %s", exc.strerror or exc)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a slow scraper never delays shutdown
+
+    def __init__(self, address: tuple[str, int], daemon: Daemon) -> None:
+        self.replica_daemon = daemon
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "replica"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        daemon = self.server.replica_daemon
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(200, "application/json", b'{"status": "ok"}\n')
+        elif path == "/readyz":
+            ready, body = daemon.readiness()
+            self._send(200 if ready else 503, "application/json", json.dumps(body).encode() + b"\n")
+        elif path == "/metrics":
+            self._send(200, CONTENT_TYPE, daemon.redact(daemon.metrics.render().decode()).encode())
+        else:
+            self._send(404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        log.debug("http %s - %s", self.address_string(), format % args)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,202 @@
+"""Snapshot rows converted ahead of the writer, on worker threads, into in-memory databases.
+
+Reading and converting a ~10 MB snapshot body in SQL (replica.sqlconvert) is most of an initial
+sync. Inside the writer's transaction it would wait for the body to be validated, and then hold
+up the next one. So the sync loop starts it as soon as a body arrives: the body is cut into halves at
+message boundaries, and two worker threads run the same ``INSERT … SELECT`` over one half each,
+into private in-memory databases (SQLite's ``memdb``, no GIL held), while the protocol core
+validates the body and the writer finishes the previous one. The writer then ATTACHes those
+databases before its transaction and copies the rows in, which costs about a tenth of
+converting them.
+
+Nothing here touches the store's file, so converting a body that then fails validation costs
+only the time. A conversion that fails (a value only the Python converters can judge, or an
+escaped NUL, which the SQL misreads: ``BodyChanges.nul_escapes``) is dropped, and the writer
+takes its usual route, which names the value. The rows are used only for the commit made of the
+very same body, and only if ``Converted.select`` is the SELECT the writer would run itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+
+import apsw
+
+from replica.protocol import framing as cuts
+from replica.typemap import sql as sqlconvert
+from replica.protocol.snapshot import NUL_ESCAPE, BodyChanges
+from replica.typemap.schema import TableSchema
+from replica.typemap.sql import attached_name
+
+__all__ = ["Ahead", "Converted", "Converter", "attached", "convert"]
+
+PARTS = 2  # halves: one per core of a small machine, and half a body's memory each
+MIN_PART = 256 * 1024  # smaller bodies convert in one part
+PIECE = 512 * 1024  # a part converts in pieces of about this size: under glibc's mmap threshold (see convert)
+_names = itertools.count()
+_OPEN = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+
+
+def _libc_memmem():  # type: ignore[no-untyped-def]
+    try:
+        memmem = ctypes.CDLL(None).memmem  # the C library's, where the process has one (not Windows)
+    except (OSError, AttributeError, TypeError):
+        return None
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    return memmem
+
+
+_memmem = _libc_memmem()
+_ESCAPED_NUL = b"\\u0000"  # the six bytes NUL_ESCAPE matches
+
+
+def nul_escape(body: bytes, start: int, end: int) -> bool:
+    """True if ``body[start:end]`` holds an escaped NUL (``\\u0000``), as ``BodyChanges.nul_escapes`` asks.
+
+    The C library's memmem, where there is one: ~2x faster than ``re`` over a ~10 MB body, and
+    ctypes lets go of the GIL while it runs, so the writer and the parser are not held up.
+    """
+    if _memmem is None:
+        return NUL_ESCAPE.search(body, start, end) is not None
+    address = ctypes.cast(ctypes.c_char_p(body), ctypes.c_void_p).value  # body's own bytes: no copy
+    assert address is not None
+    return _memmem(address + start, end - start, _ESCAPED_NUL, len(_ESCAPED_NUL)) is not None
+
+
+class Converted:
+    """The rows of one part of a body, converted and held in a process-private in-memory database."""
+
+    def __init__(self, conn: apsw.Connection, uri: str, select: str) -> None:
+        self._conn = conn  # keeps the memdb alive until closed
+        self.uri = uri
+        self.select = select  # the bulk SELECT the rows came from
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted | None:
+    """Run the bulk SELECT of ``schema`` over ``body[start:end]`` into a new in-memory database;
+    None if SQLite cannot (the writer's own route then decides, and reports a bad value by name)."""
+    select = sqlconvert.bulk_select_sql(schema)
+    if select is None or nul_escape(body, start, end):
+        return None
+    # memdb databases named with a leading "/" are shared within this process, so the writer can ATTACH one.
+    uri = f"file:/replica-scratch-{os.getpid()}-{next(_names)}?vfs=memdb"
+    conn = None
+    try:
+        conn = apsw.Connection(uri, flags=_OPEN)
+        conn.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
+        # Untyped columns store each value exactly as converted; the copy applies the table's affinity.
+        conn.execute(f"CREATE TABLE rows ({', '.join(f'c{i}' for i in range(len(schema.names)))})")
+        # Piece by piece: the text, its binding and SQLite's JSONB of a ~5 MB part would each be a
+        # fresh mmap for the kernel to fault in and zero; a piece's come from (and go back to) the
+        # heap. Not cached: a cached statement would keep its binding alive.
+        for a, b in cuts.pieces(body, start, end, PIECE):
+            conn.execute(f"INSERT INTO rows {select}", (cuts.run_text(body, a, b),), can_cache=False)
+        conn.execute("PRAGMA shrink_memory")  # the page cache: the rows are in the memdb itself
+    except Exception:  # invalid UTF-8 or JSON, a value the SQL refuses, out of memory: the writer's route decides
+        if conn is not None:
+            conn.close()
+        return None
+    return Converted(conn, uri, select)
+
+
+class Ahead:
+    """A conversion under way for one response body; the commit made of that body may use it."""
+
+    def __init__(self, body: bytes, futures: list[Future[Converted | None]]) -> None:
+        self._body = body
+        self._futures = futures
+
+    def result_for(self, changes: object) -> list[Converted] | None:
+        """The converted parts if ``changes`` are this body's (waiting for them), else None.
+
+        Dropping an Ahead unused is fine: its rows are freed once the conversions finish.
+        """
+        if not isinstance(changes, BodyChanges) or changes.body is not self._body:
+            return None
+        return self.parts()
+
+    def parts(self) -> list[Converted] | None:
+        """The converted parts of this body, in order (waiting for them); None if any failed."""
+        try:
+            parts = [future.result() for future in self._futures]
+        except CancelledError:  # the store is closing
+            return None
+        done = [part for part in parts if part is not None]
+        if len(done) < len(parts):
+            for part in done:
+                part.close()
+            return None
+        return done
+
+
+class Converter:
+    """Runs conversions on ``workers`` threads, in the order they were started."""
+
+    def __init__(self, workers: int = PARTS) -> None:
+        self._workers = workers
+        self._executor: ThreadPoolExecutor | None = None  # started with the first conversion
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def start(self, body: bytes, schema: TableSchema) -> Ahead | None:
+        """Begin converting ``body`` for ``schema`` (returns at once); None once closed."""
+        with self._lock:
+            if self._closed or self._workers < 1:
+                return None
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="replica-convert")
+            parts = cuts.split(body, self._workers, MIN_PART)
+            return Ahead(body, [self._executor.submit(convert, body, a, b, schema) for a, b in parts])
+
+    def close(self) -> None:
+        """Stop the workers, waiting for conversions that are running; start() does nothing after."""
+        with self._lock:
+            executor, self._executor, self._closed = self._executor, None, True
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def attached(conn: apsw.Connection, changes: object, parts: list[Converted] | None) -> Iterator[None]:
+    """Attach ``parts`` (the rows of ``changes``, in order) to ``conn`` for the duration, then free them.
+
+    Use it around the transaction that copies them: DETACH fails inside it. While attached,
+    ``changes.converted`` tells ``tables.bulk_write`` to copy the rows rather than convert them.
+    """
+    if not parts or not isinstance(changes, BodyChanges):
+        yield
+        return
+    with ExitStack() as stack:
+        for part in parts:
+            stack.callback(part.close)
+        names: list[str] = []
+        try:
+            for i, part in enumerate(parts):
+                conn.execute(f"ATTACH ? AS {attached_name(i)}", (part.uri,))
+                names.append(attached_name(i))
+        except apsw.Error:  # e.g. the name is taken (a DETACH that failed): the usual route converts the body itself
+            _detach(conn, names)
+            names = []
+        if len(names) == len(parts):
+            changes.converted = (parts[0].select, len(parts))
+        try:
+            yield
+        finally:
+            changes.converted = None
+            _detach(conn, names)
+
+
+def _detach(conn: apsw.Connection, names: list[str]) -> None:
+    for name in names:
+        with suppress(apsw.Error):  # one that fails stays attached, harmlessly, until the connection closes
+            conn.execute(f"DETACH {name}")

@@ -1,0 +1,7 @@
+"""store: the SQLite file replica writes, over apsw — the file and its lock (``file``), positions and
+staging (``staging``), synced tables (``tables``), the up-to-date transaction (``publish``) and the
+``Store`` that runs each commit as one transaction with its checkpoint (``store``).
+
+May import: the foundation, ``replica.typemap``, ``replica.protocol``, ``replica.fast``.
+Never imported by: ``replica.protocol``, ``replica.typemap``, ``replica.fast``.
+"""

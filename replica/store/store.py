@@ -1,0 +1,367 @@
+"""The Store: the only writer of the SQLite file, over one apsw connection in WAL mode.
+
+Each ``apply`` is one short ``BEGIN IMMEDIATE … COMMIT`` holding the rows and the checkpoint
+together (R1), so the write lock is never held across network waits and apps can write their own
+tables in the same file. Unfinished snapshots and bursts are staged on disk (``replica.staging``)
+and published in one transaction at up-to-date (``replica.publish``): readers on other connections
+only ever see up-to-date boundaries (R2), and memory does not grow with the shape (R10).
+
+apsw errors become ``StoreError`` here and nowhere else, chained with ``from`` and worded with the
+remedy; ``replica.publish``, which runs inside this boundary, only turns a schema SQLite refuses
+as a table into ``ShapeError``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any, Self
+
+import apsw
+
+from replica.fast import convert as scratch
+from replica.store import shadow
+from replica.typemap import sql as sqlconvert
+from replica.store import staging
+from replica.store import tables
+from replica.store.file import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
+from replica.errors import ProtocolError, ReplicaError, ShapeError, StoreError
+from replica.protocol.shapelog import Checkpoint, Commit, Shape
+from replica.store.publish import Applied, publish
+from replica.typemap.schema import TableSchema, check_table_name, fold_ident
+from replica.store.staging import ShapeStatus
+
+__all__ = ["STATES", "STATE_SQL", "Applied", "ShapeStatus", "Store"]
+
+STATES = frozenset({"connecting", "syncing", "live", "offline", "error", "stopped"})
+
+
+class Store:
+    """The SQLite file replica writes. Thread-safe; one instance (and one process) per file.
+
+    ``overrides`` maps a local table name to per-column type overrides (see ``replica.schema``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        overrides: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._overrides = {name: dict(columns) for name, columns in (overrides or {}).items()}
+        self._mutex = threading.RLock()  # apply runs in a worker thread; status may come from another
+        self._claims: dict[str, Shape] = {}
+        self._conn: apsw.Connection | None = None
+        self._converter = scratch.Converter()
+        memory = self.path in ("", ":memory:")
+        # Opened with URI names on (to ATTACH converted rows, replica.scratch): a path is never one.
+        self._open_path = self.path if memory else os.path.abspath(self.path)
+        self._writer_lock = None if memory else StoreLock.acquire(self.path)
+        self._busy_timeout = busy_timeout
+        self._file_backed = not memory
+        try:
+            with self._translate("opening the database"):
+                if not memory:
+                    make_private(self.path)
+                self._open()
+                with self._transaction():
+                    self._connection().execute(STATE_SQL)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
+        conn = self._conn = apsw.Connection(self._open_path, flags=flags)
+        conn.set_busy_timeout(int(self._busy_timeout * 1000))
+        if conn.readonly("main"):  # SQLite opens a write-protected file read-only, silently
+            raise StoreError(
+                f"{self.path} is read-only: make the file, its -wal/-shm files and the directory writable "
+                "by this user (replica writes the database it syncs)"
+            )
+        mode = str(conn.pragma("journal_mode", "wal")).lower()
+        if mode not in ("wal", "memory"):
+            raise StoreError(
+                f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
+                "use a local filesystem (WAL does not work over network filesystems)"
+            )
+        conn.pragma("synchronous", "NORMAL")
+        conn.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
+
+    # --- reading positions ---
+
+    def checkpoint(self, shape: Shape) -> Checkpoint | None:
+        """Where to resume ``shape``: the staging position, else the published one, else None.
+
+        None also when the stored position was made for another definition (R8): the next
+        commits then refetch, and the old rows stay visible until that publishes.
+        """
+        name = shape.local_name
+        definition = shape.definition()
+        with self._mutex, self._translate(f"reading the checkpoint of {name!r}"):
+            self._claim(shape)
+            conn = self._connection()
+            stage = staging.load(conn, name)
+            if stage is not None and stage.definition == definition:
+                if not stage.refetch and not tables.table_exists(conn, name):
+                    return None  # the rows it extends were dropped outside replica: resync from scratch
+                typed = staging.typed_state(conn, name)
+                if typed is not None and stage.schema is not None:
+                    if typed[0] != staging.layout(self._table_schema(name, stage.schema)):
+                        return None  # staged with other type overrides: fetch the snapshot again
+                if stage.schema is not None and shadow.exists(conn, name):
+                    if not shadow.matches(conn, name, self._table_schema(name, stage.schema)):
+                        return None
+                return Checkpoint(stage.handle, stage.offset, stage.cursor, stage.schema, up_to_date=False)
+            published = self._published(name)
+            if published is None or published.offset is None or published.definition != definition:
+                return None
+            if not tables.table_exists(conn, name):
+                return None
+            return Checkpoint(published.handle, published.offset, published.cursor, published.schema, up_to_date=True)
+
+    # --- writing ---
+
+    def convert_ahead(self, shape: Shape, schema: Mapping[str, Any] | None, body: bytes) -> scratch.Ahead | None:
+        """Start converting a response body's snapshot rows on a worker thread (returns at once).
+
+        ``schema`` is the electric-schema the body would be read with (``ShapeLog.snapshot_schema``).
+        Pass the result to ``apply`` with the commit made of this body. Optional: nothing is
+        written until ``apply``, which converts whatever was not converted ahead.
+        """
+        if schema is None:
+            return None
+        try:
+            table_schema = self._table_schema(shape.local_name, schema)
+        except ReplicaError:  # apply reports it
+            return None
+        return self._converter.start(body, table_schema)
+
+    def apply(self, commit: Commit, ahead: scratch.Ahead | None = None) -> Applied:
+        """Stage (``up_to_date`` False) or publish (True) one commit, in one transaction (R1).
+
+        ``ahead``: the conversion ``convert_ahead`` began for the body of this commit, if any.
+
+        Re-applying a commit is harmless (R3): inserts upsert, updates merge, deletes of missing
+        rows do nothing, and a commit older than the stored position of the same handle is skipped.
+        """
+        name = commit.shape.local_name
+        parts = ahead.result_for(commit.changes) if ahead else None  # waited for outside the mutex
+        with self._mutex, self._translate(f"writing shape {name!r}"):
+            self._claim(commit.shape)
+            with scratch.attached(self._connection(), commit.changes, parts), self._transaction():
+                if commit.up_to_date:
+                    return self._publish(commit)
+                return self._stage(commit)
+
+    def _stage(self, commit: Commit) -> Applied:
+        conn = self._connection()
+        name, definition, checkpoint = commit.shape.local_name, commit.shape.definition(), commit.checkpoint
+        published = self._published(name)
+        rows = published.rows if published else 0
+        stage = self._current_stage(commit)
+        if staging.is_redelivery(commit, stage, published.position() if published else None):
+            return Applied(name, rows=rows, staged=stage.changes if stage else 0)
+        if stage is None:
+            continues = published is not None and published.continued_by(definition, checkpoint.handle)
+            refetch = commit.refetch or not continues
+            known = published.schema if published is not None and continues else None
+            stage = staging.Stage(definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, known, refetch)
+        schema = checkpoint.schema or stage.schema
+        table_schema = self._table_schema(name, schema) if schema is not None else None
+        typed = staging.typed_state(conn, name)
+        first = stage.changes == 0 and stage.refetch and table_schema is not None and table_schema.keyed
+        staged_in_shadow = shadow.exists(conn, name)
+        if first and typed is None and not staged_in_shadow and not tables.table_exists(conn, name):
+            shadow.create(conn, name, table_schema)  # a first snapshot: staged in the table's own layout
+            staged_in_shadow = True
+        if staged_in_shadow:
+            if table_schema is None or not shadow.matches(conn, name, table_schema):
+                raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
+            shadow.append(conn, name, commit.changes, table_schema)
+            added = len(commit.changes)
+        elif table_schema is not None and (typed is not None or stage.changes == 0):
+            if typed is None:  # rows converted once, into a typed staging table: publishing is a copy in SQL
+                staging.create_typed(conn, name, table_schema)
+                typed = (staging.layout(table_schema), True)
+            self._check_layout(name, typed[0], table_schema)
+            added = staging.append_typed(conn, name, commit.changes, table_schema, keys=not stage.refetch)
+        else:
+            # A stage begun without a schema (or by an older version) stays raw: converted at publish,
+            # and once now, so a bad value is reported with its response.
+            for change in commit.changes if table_schema is not None else ():
+                table_schema.convert_row(change.value)
+            added = staging.append(conn, name, commit.changes)
+        stage = staging.Stage(
+            definition,
+            checkpoint.handle,
+            checkpoint.offset,
+            checkpoint.cursor,
+            schema,
+            stage.refetch,
+            stage.changes + added,
+        )
+        staging.save(conn, name, stage)
+        return Applied(name, rows=rows, staged=stage.changes)
+
+    def _publish(self, commit: Commit) -> Applied:
+        name = commit.shape.local_name
+        published = self._published(name)
+        stage = self._current_stage(commit)
+        if staging.is_redelivery(commit, stage, published.position() if published else None):
+            return Applied(name, rows=published.rows if published else 0, staged=stage.changes if stage else 0)
+        return publish(self._connection(), commit, published, stage, self._overrides.get(name))
+
+    def _current_stage(self, commit: Commit) -> staging.Stage | None:
+        """The stage this commit continues; a stage it cannot continue is discarded first."""
+        conn = self._connection()
+        name = commit.shape.local_name
+        stage = staging.load(conn, name)
+        if stage is None:
+            return None
+        handle = commit.checkpoint.handle
+        foreign = stage.handle is not None and handle is not None and stage.handle != handle
+        if commit.refetch or stage.definition != commit.shape.definition() or foreign:
+            # A new snapshot (409, new definition, new handle) never mixes with the old one's rows.
+            staging.clear(conn, name)
+            return None
+        return stage
+
+    # --- status ---
+
+    def status(self, name: str | None = None) -> list[ShapeStatus]:
+        """Every shape's status (or just ``name``'s), from ``_replica_shapes``, sorted by name."""
+        with self._mutex, self._translate("reading status"):
+            return staging.statuses(self._connection(), name)
+
+    def set_state(self, name: str, state: str, error: str | None = None) -> None:
+        """Record a shape's state (and error, or clear it) in its own small transaction."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {sorted(STATES)}, got {state!r}")
+        with self._mutex, self._translate(f"recording the state of {name!r}"), self._transaction():
+            self._connection().execute(
+                'INSERT INTO "_replica_shapes" ("name", "state", "error") VALUES (?, ?, ?) '
+                'ON CONFLICT ("name") DO UPDATE SET "state" = excluded."state", "error" = excluded."error"',
+                (name, state, error),
+            )
+
+    def reset(self, name: str) -> bool:
+        """Forget where ``name`` stands, so it resyncs from -1; its rows stay until that publishes.
+
+        Returns False if the store knows nothing about ``name``.
+        """
+        with self._mutex, self._translate(f"resetting {name!r}"), self._transaction():
+            conn = self._connection()
+            staged = staging.load(conn, name) is not None
+            staging.clear(conn, name)
+            conn.execute(
+                'UPDATE "_replica_shapes" SET "handle" = NULL, "offset" = NULL, "cursor" = NULL WHERE "name" = ?',
+                (name,),
+            )
+            return staged or conn.changes() > 0
+
+    # --- lifecycle ---
+
+    @property
+    def connection(self) -> apsw.Connection:
+        """The apsw connection, for diagnostics and fault injection in tests. Do not write through it."""
+        return self._connection()
+
+    def close(self) -> None:
+        """Close the connection and release the single-writer lock. Safe to call twice."""
+        self._converter.close()
+        with self._mutex:
+            conn, self._conn = self._conn, None
+            try:
+                if conn is not None:
+                    with self._translate("closing the database"):
+                        conn.close()
+            finally:
+                if self._writer_lock is not None:
+                    self._writer_lock.release()
+                    self._writer_lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- helpers ---
+
+    def _connection(self) -> apsw.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store for {self.path} is closed")
+        return self._conn
+
+    def _claim(self, shape: Shape) -> None:
+        check_table_name(shape.local_name)
+        other = self._claims.setdefault(fold_ident(shape.local_name), shape)  # SQLite names ignore ASCII case
+        if other.definition() != shape.definition():
+            raise ShapeError(
+                f"shapes {_describe(other)} and {_describe(shape)} both target the local table "
+                f"{shape.local_name!r}; give one of them another name"
+            )
+
+    def _published(self, name: str) -> staging.Published | None:
+        return staging.load_published(self._connection(), name)
+
+    def _check_layout(self, name: str, layout: str, table_schema: TableSchema) -> None:
+        if layout != staging.layout(table_schema):
+            raise StoreError(
+                f"the rows staged for {name!r} were converted with other column types or overrides; "
+                "the snapshot is fetched again"
+            )
+
+    def _table_schema(self, name: str, raw: Mapping[str, Any]) -> TableSchema:
+        return TableSchema.from_electric(raw, self._overrides.get(name))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                with suppress(apsw.Error):  # the original error is the one worth reporting
+                    conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if self._file_backed and wal_missing(self.path):
+            # Our commits would go to an orphaned WAL. Start over on the real file, whose
+            # checkpoint matches its rows (R1); the syncer resumes from there.
+            conn.close()
+            self._open()
+            raise StoreError(
+                f"{self.path}: the WAL file vanished under replica's writer: another copy of SQLite in "
+                "this process (Python's sqlite3 module?) closed a connection to this database. Inside "
+                "the syncing process read with replica.connect(); the last commit is synced again"
+            )
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except apsw.Error as exc:
+            raise StoreError(describe_apsw_error(exc, self.path, action)) from exc
+        except UnicodeEncodeError as exc:
+            # JSON may escape a lone surrogate ("\ud800"), which no SQLite text can hold.
+            raise ProtocolError(
+                f"{action} in {self.path} failed: the server sent a text that is not valid Unicode "
+                f"({exc.reason}: {exc.object[exc.start : exc.end]!r}); it cannot be stored"
+            ) from exc
+
+
+def _describe(shape: Shape) -> str:
+    where = f" where {shape.where}" if shape.where else ""
+    return f"({shape.table}{where})"

@@ -1,0 +1,221 @@
+"""The HTTP rim: send one ``Request`` with httpx and return a plain ``Response``.
+
+This is the one place httpx exceptions become replica errors (``NetworkError``, ``ConfigError``),
+chained with ``from``. Bodies are read whole: Electric caps a response at ~10 MB, so memory
+stays bounded by the server's chunk size, not by the shape's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import certifi
+import httpcore  # httpx imports it with the first client (~40 ms): here, rather than in a sync
+import httpx
+
+from replica.protocol import wire
+from replica.errors import ConfigError, NetworkError
+from replica.protocol.shapelog import Request, Response
+
+__all__ = ["DEFAULT_LIVE_TIMEOUT", "DEFAULT_TIMEOUT", "fetch", "new_client", "tls_context"]
+
+class _RedactSecrets(logging.Filter):
+    """httpx logs each request's URL at INFO; Electric's secret rides in that URL's query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                wire.redact_url(str(arg)) if isinstance(arg, httpx.URL) or _has_secret(arg) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _has_secret(value: object) -> bool:
+    return isinstance(value, str) and any(f"{name}=" in value for name in wire.SECRET_PARAMS)
+
+
+logging.getLogger("httpx").addFilter(_RedactSecrets())
+
+DEFAULT_TIMEOUT = 60.0  # a non-live chunk: generous for 10 MB over a slow link
+DEFAULT_LIVE_TIMEOUT = 45.0  # watchdog for long-polls, which Electric holds ~20 s
+
+
+def tls_context(verify: bool | str = True) -> ssl.SSLContext:
+    """The TLS settings every client of one Replica shares.
+
+    ``verify`` True: the roots httpx uses (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else certifi's),
+    loaded at the first handshake; a path: that CA bundle (PEM), loaded now, so a bad one is a
+    ConfigError before any I/O; False: no verification (never the default).
+    """
+    if isinstance(verify, str):
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"verify: cannot load the CA bundle {verify!r} ({exc}); give a PEM file") from exc
+    if verify is False:
+        return httpx.create_ssl_context(verify=False)
+    context = _RootsOnFirstUse(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names
+    context.verify_mode, context.check_hostname = ssl.CERT_REQUIRED, True
+    return context
+
+
+class _RootsOnFirstUse(ssl.SSLContext):
+    """A verifying client context that loads its CA roots at the first handshake.
+
+    Loading certifi's roots costs ~50 ms, which a sync over plain HTTP (a local Electric) never
+    needs. Until they load, no certificate verifies: a missed code path fails closed.
+    """
+
+    _loaded = False
+
+    def _load_roots(self) -> None:
+        with _roots_lock:
+            if not self._loaded:
+                if os.environ.get("SSL_CERT_FILE"):  # as httpx.create_ssl_context(verify=True)
+                    self.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
+                elif os.environ.get("SSL_CERT_DIR"):
+                    self.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
+                else:
+                    self.load_verify_locations(cafile=certifi.where())
+                self._loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load_roots()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load_roots()
+        return super().wrap_bio(*args, **kwargs)
+
+
+_roots_lock = threading.Lock()
+
+
+def new_client(
+    *, connections: int = 1, tls: ssl.SSLContext | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """An AsyncClient for ``connections`` concurrent requests, TLS verified by default.
+
+    The sync loop gives each shape its own client: httpcore checks every pooled connection on
+    every request, so one pool shared by many long-polling shapes costs CPU that grows with the
+    square of their number (measured: ~12 % of a core for 100 idle shapes, mostly that check).
+    """
+    limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4)
+    if transport is not None:
+        return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=True)
+    verify = tls if tls is not None else tls_context()
+    own = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+    pool = getattr(own, "_pool", None)  # httpx offers no public way to pick the network backend
+    if isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
+        pool._network_backend = _LargeReads(pool._network_backend)
+    # verify and limits again: they also configure the transports of proxies named in the environment.
+    return httpx.AsyncClient(transport=own, verify=verify, limits=limits, follow_redirects=True)
+
+
+READ_SIZE = 1020 * 1024  # just under glibc's 1 MiB mmap threshold (replica.tuning): each buffer comes from the heap
+
+
+class _LargeReads(httpcore.AsyncNetworkBackend):
+    """httpcore's backend, reading plain TCP streams READ_SIZE bytes at a time rather than 64 KiB.
+
+    A snapshot chunk is ~10 MB, and httpcore, h11 and anyio cost the main thread a fixed amount per
+    read: ~35 ms per chunk in 64 KiB reads, 26-40 ms in the 256 KiB asyncio's transport takes per
+    socket read, 14-24 ms in ~1 MiB ones (so the transport is asked for those too). A read still
+    returns whatever has arrived, so small responses (long-polls) are unchanged. TLS streams keep
+    httpcore's size: a TLS read returns one ≤16 KiB record anyway.
+    """
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
+
+    async def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _LargeReadStream(await self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _LargeReadStream(await self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class _LargeReadStream(httpcore.AsyncNetworkStream):
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        # asyncio's transport reads its socket max_size (256 KiB) at a time; neither httpcore nor
+        # anyio exposes it, so it is set where the attribute is found (asyncio, not trio or TLS).
+        transport = getattr(getattr(stream, "_stream", None), "_transport", None)
+        if isinstance(getattr(transport, "max_size", None), int):
+            transport.max_size = READ_SIZE
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max(max_bytes, READ_SIZE), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._stream.start_tls(ssl_context, server_hostname, timeout)  # TLS: default read size
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+async def fetch(
+    client: httpx.AsyncClient,
+    url: str,
+    request: Request,
+    *,
+    headers: Mapping[str, str] | None = None,
+    params: Sequence[tuple[str, str]] = (),
+    timeout: float | None = None,
+) -> Response:
+    """GET the shape log with the request's parameters (plus ``params``, e.g. ``secret``)."""
+    if timeout is None:
+        timeout = DEFAULT_LIVE_TIMEOUT if request.live else DEFAULT_TIMEOUT
+    try:
+        # httpx replaces a URL's query with ``params``: keep the URL's own (e.g. ?source_id=…&secret=…)
+        base = httpx.URL(url)
+        query = [*base.params.multi_items(), *request.params, *params]
+        async with client.stream(
+            "GET",
+            base.copy_with(query=None),
+            params=query,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        ) as reply:
+            # Joined here rather than by reply.aread(): httpx responses sit in reference cycles, and
+            # one holding its ~10 MB body would keep it until the cyclic GC runs (RSS grew ~10 MB per chunk).
+            body = b"".join([part async for part in reply.aiter_bytes()])
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"url: {exc}") from exc
+    except httpx.UnsupportedProtocol as exc:
+        raise ConfigError(f"url: {exc}; use http:// or https://") from exc
+    except httpx.TimeoutException as exc:
+        raise NetworkError(f"timed out after {timeout:g} s waiting for {wire.redact_url(url)}") from exc
+    except httpx.TransportError as exc:
+        # Connect errors, resets, and bodies cut short (RemoteProtocolError) all mean: resend.
+        kind = type(exc).__name__
+        raise NetworkError(f"{kind} talking to {wire.redact_url(url)}: {_safe(exc)}") from exc
+    return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, body)
+
+
+def _safe(exc: Exception) -> str:
+    """An httpx error message with any URL's secrets removed."""
+    text = str(exc) or type(exc).__name__
+    return "(details withheld: they contain a secret)" if _has_secret(text) else text

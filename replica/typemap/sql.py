@@ -1,0 +1,141 @@
+"""The type map in SQL: whole-row inserts read and converted by SQLite from the raw body (design.md §5).
+
+A snapshot is mostly whole-row inserts. Converting them in Python costs more than everything
+else in an initial sync, so the store may instead hand the response body to SQLite:
+``bulk_select_sql`` selects the converted columns (and the message key if asked) per change, in
+log order, from ``jsonb_each`` over the body. SQLite runs it without the GIL, so the next
+response downloads and parses meanwhile.
+
+Exactness: each column's SQL converts only the forms it recognises exactly (canonical integers,
+``t``/``true``/``f``/``false``, JSON-grammar floats, UTC timestamps, flat text arrays) and hands any
+other text to ``_replica_convert(spec, text)``, which is ``replica.values``' own converter (the
+store registers it with ``convert_by_spec``). A bad value makes that function raise, the statement
+fails, and the store falls back to the Python path, which names the value. So both paths store
+the same values; tests/property/test_sqlconvert.py checks it.
+
+Pure (no apsw): the store runs the SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from replica.typemap.schema import Column, SQLValue, TableSchema
+from replica.typemap.values import BOOL_TYPES, FLOAT_TYPES, INT_TYPES, JSON_TYPES
+
+__all__ = ["CONVERT_FUNCTION", "attached_name", "attached_select", "bulk_select_sql", "column_sql", "convert_by_spec"]
+
+CONVERT_FUNCTION = "_replica_convert"
+
+_D = "[0-9]"
+_UTC_SECONDS = f"{_D * 4}-{_D * 2}-{_D * 2}[ T]{_D * 2}:{_D * 2}:{_D * 2}"
+# Flat array text: printable ASCII without space, quote, backslash or braces (the delimiter is ",").
+_ARRAY_UNSAFE = "*[^]!#-[^-z|~,]*"
+# Element converters that are the identity (text-like element types).
+_NOT_TEXT_ELEMENTS = INT_TYPES | FLOAT_TYPES | BOOL_TYPES | JSON_TYPES | {"bytea", "timestamptz", "timetz", "box"}
+
+
+def _spec(column: Column) -> str:
+    return json.dumps([column.type, column.dims, column.override], separators=(",", ":"))
+
+
+@lru_cache(maxsize=256)
+def _converter(spec: str):  # type: ignore[no-untyped-def]
+    pg_type, dims, override = json.loads(spec)
+    return Column("", pg_type, dims, override=override).converter()
+
+
+def convert_by_spec(spec: str, text: str | None) -> SQLValue:
+    """The SQL function behind the unusual forms: the Python converter for a column spec."""
+    if text is None:
+        return None
+    return _converter(spec)(text)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def column_sql(column: Column, x: str) -> str:
+    """SQL converting the text expression ``x`` (NULL stays NULL) exactly as ``column.converter()``."""
+    fallback = f"{CONVERT_FUNCTION}({_literal(_spec(column))}, {x})"
+    if column.override == "text":
+        return x
+    if column.override == "real" or (column.type in FLOAT_TYPES and not column.dims):
+        # JSON's number grammar is a subset of Postgres float output that CAST reads exactly as float() does.
+        fast = f"{x} NOT GLOB '*[^0-9eE.+-]*' AND json_valid({x})"
+        return f"CASE WHEN {x} IS NULL THEN NULL WHEN {fast} THEN CAST({x} AS REAL) ELSE {fallback} END"
+    if column.dims:
+        if column.type in _NOT_TEXT_ELEMENTS:
+            return f"CASE WHEN {x} IS NULL THEN NULL ELSE {fallback} END"
+        inner = f"substr({x}, 2, length({x}) - 2)"
+        flat = (
+            f"{x} GLOB '{{?*}}' AND {inner} NOT GLOB '{_ARRAY_UNSAFE}' AND {inner} NOT GLOB ',*' "
+            f"AND {inner} NOT GLOB '*,' AND {inner} NOT GLOB '*,,*' AND instr(upper({x}), 'NULL') = 0"
+        )
+        return (
+            f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = '{{}}' THEN '[]' "
+            f"WHEN {flat} THEN '[\"' || replace({inner}, ',', '\",\"') || '\"]' ELSE {fallback} END"
+        )
+    if column.type in INT_TYPES:
+        # Canonical text round-trips; anything else (signs, zeros, out of range) goes the careful way.
+        return (
+            f"CASE WHEN {x} IS NULL THEN NULL WHEN CAST(CAST({x} AS INTEGER) AS TEXT) = {x} "
+            f"THEN CAST({x} AS INTEGER) ELSE {fallback} END"
+        )
+    if column.type in BOOL_TYPES:
+        return f"CASE {x} WHEN 'true' THEN 1 WHEN 't' THEN 1 WHEN 'false' THEN 0 WHEN 'f' THEN 0 ELSE {fallback} END"
+    if column.type == "timestamptz":
+        fraction = f"substr({x}, 21, length({x}) - 23)"
+        # Microseconds first: Postgres' usual form, matched by one anchored GLOB (its classes are
+        # most of the cost: this form took ~1.9k instructions per value instead of ~3.4k).
+        return (
+            f"CASE WHEN {x} IS NULL THEN NULL "
+            f"WHEN {x} GLOB '{_UTC_SECONDS}.{_D * 6}+00' THEN substr({x}, 1, 26) || '+00:00' "
+            f"WHEN length({x}) = 22 AND {x} GLOB '{_UTC_SECONDS}+00' THEN substr({x}, 1, 19) || '+00:00' "
+            f"WHEN length({x}) BETWEEN 24 AND 29 AND {x} GLOB '{_UTC_SECONDS}.?*+00' "
+            f"AND {fraction} NOT GLOB '*[^0-9]*' THEN substr({x}, 1, length({x}) - 3) || '+00:00' "
+            f"ELSE {fallback} END"
+        )
+    if column.converter() is str:
+        return x
+    return f"CASE WHEN {x} IS NULL THEN NULL ELSE {fallback} END"
+
+
+def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
+    """SELECT (``key`` c0, c1, …) for each change message of the body bound as ``?1``, in log order.
+
+    ``key`` starts the select list: it may name ``s.k``, the message key (unescaping ~30 bytes
+    per row costs ~20 % of the work, so it is only extracted when named). None if a column name
+    cannot be written as a quoted JSON path label (one with a double quote, backslash or control
+    character): such tables take the Python path. Ends in a WHERE clause: PK columns not NULL.
+    """
+    if any(ch in '"\\' or ch < " " for name in schema.names for ch in name):
+        return None
+    paths = [_literal('$."' + name + '"') for name in schema.names]
+    extract = ", ".join(f"m.v ->> {path} AS c{i}" for i, path in enumerate(paths))
+    each = "jsonb_extract(m.value, '$.value') AS v"  # each row's values, looked up once rather than per column
+    if "s.k" in key:
+        extract, each = "m.k, " + extract, "m.value ->> '$.key' AS k, " + each
+    converted = ", ".join(column_sql(column, f"s.c{i}") for i, column in enumerate(schema.columns))
+    pk = [schema.names.index(c) for c in schema.pk] if schema.keyed else []
+    present = " AND ".join(f"s.c{i} IS NOT NULL" for i in pk) or "true"
+    # A control message has no values, so a NULL key column already leaves it out; without a key, ask.
+    controls = "" if pk else " WHERE json_type(m.value, '$.key') IS NOT NULL"
+    # LIMIT -1 keeps each subquery from being flattened, so each value is extracted once.
+    return (
+        f"SELECT {key}{converted} FROM (SELECT {extract} FROM (SELECT {each} FROM jsonb_each(?1) AS m{controls} "
+        f"LIMIT -1) AS m LIMIT -1) AS s WHERE {present}"
+    )
+
+
+def attached_name(part: int) -> str:
+    """The schema name under which the store attaches part ``part`` of rows converted ahead (replica.scratch)."""
+    return f"replica_scratch{part}"
+
+
+def attached_select(width: int, key: str, part: int) -> str:
+    """``bulk_select_sql``'s result for part ``part`` of rows already converted and attached, in log order."""
+    columns = ", ".join(f"s.c{i}" for i in range(width))
+    return f"SELECT {key}{columns} FROM {attached_name(part)}.rows AS s WHERE true ORDER BY s.rowid"
