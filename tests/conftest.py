@@ -77,16 +77,16 @@ def pg_dsn(pg_cluster: PgCluster) -> str:
 
 @pytest.fixture
 def bulk_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
-    """Spy on ``tables.bulk_write``: per call, (its answer, how many parts converted ahead were attached)."""
-    from replica.store import tables
+    """Spy on ``fast.write_inserts``: per call, (its answer, how many parts converted ahead were attached)."""
+    from replica import fast
 
     calls: list[tuple[bool, int]] = []
-    real = tables.bulk_write
+    real = fast.write_inserts
 
-    def bulk_write(conn: Any, changes: Any, *args: Any, **kwargs: Any) -> bool:
-        parts = changes.converted[1] if changes.converted else 0
-        calls.append((real(conn, changes, *args, **kwargs), parts))
+    def write_inserts(conn: Any, changes: Any, *args: Any, **kwargs: Any) -> bool:
+        attached = kwargs.get("attached")
+        calls.append((real(conn, changes, *args, **kwargs), len(attached.names) if attached else 0))
         return calls[-1][0]
 
-    monkeypatch.setattr(tables, "bulk_write", bulk_write)
+    monkeypatch.setattr(fast, "write_inserts", write_inserts)
     return calls

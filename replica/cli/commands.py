@@ -24,13 +24,12 @@ from pathlib import Path
 
 import anyio
 
+from replica.cli.exits import EXIT_FATAL, EXIT_OK, EXIT_USAGE
 from replica.errors import ConfigError, ReplicaError, ShapeError
-from replica.protocol.shapelog import Shape
-from replica.store.store import Applied
-from replica.sync.replica import Replica
+from replica.protocol.shape import Shape
+from replica.store import Applied
+from replica.sync import Replica
 from replica.tuning import tune_process
-
-EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):

@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 
 from replica.errors import ConfigError
-from replica.protocol.shapelog import Shape
+from replica.protocol.shape import Shape
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Config", "Source", "load_config", "parse_listen", "schema"]
 
@@ -115,7 +115,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Config:
-    """A validated config. ``overrides``: local table → column → "real" | "text"."""
+    """A validated config. Each shape carries its own column ``types``."""
 
     url: str
     database: Path
@@ -126,7 +126,6 @@ class Config:
     log_format: str = "text"
     log_level: str = "info"
     progress_interval: float = 10.0
-    overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     path: Path | None = None
     ca_file: Path | None = None
 
@@ -160,7 +159,7 @@ def parse_config(
 ) -> Config:
     data = _expand(raw, env, "")  # first, so that a variable may hold a URL, a port or a path
     _validate(data)
-    shapes, overrides = [], {}
+    shapes: list[Shape] = []
     for index, item in enumerate(data["shapes"]):
         where = f"shapes[{index}]"
         try:
@@ -171,14 +170,13 @@ def parse_config(
                 columns=item.get("columns"),
                 replica=item.get("replica", "default"),
                 name=item.get("name"),
+                types=item.get("types", {}),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None  # Shape's messages start with the field name
         if shape.local_name.casefold() in (s.local_name.casefold() for s in shapes):
             raise ConfigError(f"{where}.name: another shape already syncs into table {shape.local_name!r}")
         shapes.append(shape)
-        if item.get("types"):
-            overrides[shape.local_name] = dict(item["types"])
     database = Path(data["database"]).expanduser()
     ca_file = Path(data["ca_file"]).expanduser() if "ca_file" in data else None
     if ca_file is not None and not ca_file.is_absolute():
@@ -195,7 +193,6 @@ def parse_config(
         log_format=data.get("log_format", "text"),
         log_level=data.get("log_level", "info"),
         progress_interval=float(data.get("progress_interval", 10.0)),
-        overrides=overrides,
         path=path,
         ca_file=ca_file,
     )

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,19 +25,20 @@ import anyio
 import anyio.to_thread
 
 from replica.cli.config import Config, Source
-from replica.errors import ConfigError, ReplicaError, ShapeError
-from replica.cli.logs import FailureLog, Progress, Redactor, setup_logging
+from replica.cli.exits import EXIT_FATAL, EXIT_OK, EXIT_USAGE
+from replica.cli.logs import FailureLog, Progress, setup_logging
 from replica.cli.metrics import CONTENT_TYPE, Metrics
-from replica.sync.replica import Replica, ShapeState, SyncEvent
+from replica.errors import ConfigError, ReplicaError, ShapeError
+from replica.redaction import Redactor, is_sensitive
+from replica.status import ShapeStatus
+from replica.sync import Replica, SyncEvent
 
 __all__ = ["Daemon", "notify_systemd", "run_daemon"]
 
-log = logging.getLogger("replica.cli.daemon")
+log = logging.getLogger("replica.daemon")
 
-EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 TTY_REFRESH = 0.5  # seconds between redraws of the progress line
 REFRESH_DEBOUNCE = 1.0  # shapes hitting 401 together re-read the credentials once
-_SENSITIVE = ("authorization", "cookie", "token", "secret", "key", "password", "auth")
 
 
 def run_daemon(config: Config, *, listen: tuple[str, int] | None = None, once: bool = False) -> int:
@@ -95,7 +97,6 @@ class Daemon:
             headers={name: (source.literal if not source.dynamic else source.value)  # type: ignore[misc]
                      for name, source in config.headers.items()},
             on_unauthorized=self._unauthorized if any(s.dynamic for s in config.sources()) else None,
-            overrides=config.overrides,
             observer=self._observe,
             verify=str(config.ca_file) if config.ca_file is not None else True,
         )
@@ -114,18 +115,21 @@ class Daemon:
             "ready": ready,
             "not_ready": [{"name": s.name, "state": s.state, "reason": self._reason(s)}
                           for s in shapes if not _shape_ready(s)],
-            "shapes": [
-                {"name": s.name, "state": s.state, "ready": _shape_ready(s), "rows": s.rows, "handle": s.handle,
-                 "offset": s.offset, "last_up_to_date": s.last_synced_at,
-                 "error": self.redact(s.error) if s.error else None}
-                for s in shapes
-            ],
+            "shapes": [self._shape_json(s) for s in shapes],
         }
         if self.stopping:
             body["reason"] = "shutting down"
         return ready, body
 
-    def _reason(self, shape: ShapeState) -> str:
+    def _shape_json(self, shape: ShapeStatus) -> dict[str, Any]:
+        """The shape's status as ``replica status --json`` shows it, with its lag now, plus ``ready``
+        (and ``last_up_to_date``, epoch seconds: the name this field had before, kept for clients)."""
+        lag = None if shape.last_synced_at is None else round(max(0.0, time.time() - shape.last_synced_at), 3)
+        body = replace(shape, lag=lag).to_json()
+        body["error"] = self.redact(shape.error) if shape.error else None
+        return {**body, "ready": _shape_ready(shape), "last_up_to_date": shape.last_synced_at}
+
+    def _reason(self, shape: ShapeStatus) -> str:
         if shape.state == "error":
             return self.redact(f"stopped by an error: {shape.error}")
         if shape.last_synced_at is None:
@@ -237,12 +241,12 @@ class Daemon:
         """Read ``source`` and make sure its value never reaches a log line or an endpoint."""
         value = source.value()
         name = source.field.rpartition(".")[2].lower()
-        if source.dynamic or source.field == "secret" or any(word in name for word in _SENSITIVE):
+        if source.dynamic or source.field == "secret" or is_sensitive(name):
             self.redact.add(value)
             self.redact.add(value[len(source.prefix):])
 
 
-def _shape_ready(shape: ShapeState) -> bool:
+def _shape_ready(shape: ShapeStatus) -> bool:
     return shape.last_synced_at is not None and shape.state != "error"
 
 

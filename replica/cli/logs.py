@@ -1,8 +1,8 @@
 """Logging for the daemon: text or JSON lines, secrets redacted, failures summarised, progress.
 
-* ``Redactor`` removes every configured secret (and ``secret=`` query values) from each
-  formatted line, whatever logger produced it, so a token cannot leak through an error message,
-  a URL or a traceback.
+* Every formatted line goes through a ``replica.redaction.Redactor`` that knows every configured
+  secret, whatever logger produced it, so a token cannot leak through an error message, a URL
+  or a traceback.
 * ``FailureLog`` turns a stream of retries into three kinds of line: the first failure, a
   summary at most every ``interval`` seconds while it lasts, and "recovered after N errors".
 * ``Progress`` counts rows, bytes and rate per shape during the initial sync.
@@ -12,46 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO
 
-from replica.protocol import wire
+from replica.redaction import Redactor
+from replica.sync.follow import retry_log
 
-__all__ = ["FailureLog", "Progress", "Redactor", "setup_logging"]
+__all__ = ["FailureLog", "Progress", "setup_logging"]
 
-log = logging.getLogger("replica.cli.daemon")
-
-_QUERY_SECRET = re.compile(r"\b(" + "|".join(sorted(wire.SECRET_PARAMS)) + r")=[^&\s'\"]*")
-MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words; such secrets are no secrets
-
-
-class Redactor:
-    """Replaces known secret values, and any ``secret=…`` URL parameter, with ``[redacted]``."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._lock = threading.Lock()
-        self._secrets: set[str] = set()
-        for value in secrets:
-            self.add(value)
-
-    def add(self, value: str | None) -> None:
-        if value and len(value.strip()) >= MIN_SECRET_LENGTH:
-            with self._lock:
-                self._secrets.add(value.strip())
-
-    def __call__(self, text: str) -> str:
-        text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={wire.REDACTED}", text)
-        with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)  # longest first: a token inside a header
-        for secret in secrets:
-            text = text.replace(secret, wire.REDACTED)
-        return text
+log = logging.getLogger("replica.daemon")
 
 
 class _Formatter(logging.Formatter):
@@ -77,10 +50,10 @@ class _Formatter(logging.Formatter):
 
 
 class _DropRetryWarnings(logging.Filter):
-    """The sync loop warns on every retry; the daemon reports retries through FailureLog instead."""
+    """The sync loop warns on every retry (``replica.retry``); the daemon summarises them with FailureLog instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "replica" and record.funcName == "_follow" and record.levelno == logging.WARNING)
+        return record.name != retry_log.name
 
 
 def setup_logging(

@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, disable_created_metric
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from replica.store.store import STATES
-from replica.sync.replica import ShapeState, SyncEvent
+from replica.status import STATES, ShapeStatus
+from replica.sync.events import SyncEvent
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -40,7 +40,7 @@ class Metrics:
     """``observe`` every SyncEvent; ``render()`` the text exposition."""
 
     def __init__(
-        self, db_path: Path, status: Callable[[], Sequence[ShapeState]], ready: Callable[[], bool]
+        self, db_path: Path, status: Callable[[], Sequence[ShapeStatus]], ready: Callable[[], bool]
     ) -> None:
         disable_created_metrics()  # *_created series only double the output; the daemon's start time is enough
         self.registry = CollectorRegistry(auto_describe=True)
@@ -89,7 +89,7 @@ class Metrics:
 class _Gauges(Collector):
     """Values read when scraped: they come from the Replica's status and the file system."""
 
-    def __init__(self, db_path: Path, status: Callable[[], Sequence[ShapeState]], ready: Callable[[], bool]) -> None:
+    def __init__(self, db_path: Path, status: Callable[[], Sequence[ShapeStatus]], ready: Callable[[], bool]) -> None:
         self._db = db_path
         self._status = status
         self._ready = ready

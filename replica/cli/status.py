@@ -17,13 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from replica.store.file import LOCK_SUFFIX, connect
 from replica.errors import ConfigError, ReplicaError, StoreError
-from replica.store.store import Store
+from replica.store import Store, positions
+from replica.store.file import LOCK_SUFFIX, connect
 
 __all__ = ["FIELDS", "daemon_view", "read_status", "render_table", "reset_shape", "writer_pid"]
 
@@ -32,7 +32,7 @@ _MAGIC = b"SQLite format 3\x00"
 
 
 def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One dict per shape (keys ``FIELDS``), sorted by name.
+    """One ``ShapeStatus.to_json()`` per shape (keys ``FIELDS``), sorted by name.
 
     ``state`` is the stored state when it is an error, else ``running`` while a writer holds the
     database (or the daemon's own state, from ``live``), else ``stopped``. ``lag`` is the seconds
@@ -45,26 +45,23 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
         known = conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_replica_shapes'").fetchall()
         if not known:
             raise ConfigError(f"database: {db} has no replica bookkeeping (_replica_shapes): not a replica database")
-        rows = conn.execute(
-            'SELECT s."name", s."state", s."rows", s."handle", s."offset", s."last_synced_at", s."error", '
-            'coalesce(g."changes", 0) FROM "_replica_shapes" AS s '
-            'LEFT JOIN "_replica_stages" AS g ON g."name" = s."name" ORDER BY s."name"'
-        ).fetchall()
+        stored = positions.statuses(conn)
     finally:
         conn.close()
     running = writer_pid(db) is not None
     now = time.time()
     result = []
-    for name, state, count, handle, offset, synced, error, staged in rows:
-        view = (live or {}).get(name)
-        lag = _age(synced, now)
+    for status in stored:
+        view = (live or {}).get(status.name)
+        state, error = status.state, status.error
+        lag = None if status.last_synced_at is None else round(max(0.0, now - status.last_synced_at), 3)
         if view is not None:
             state, error = view.get("state", state), view.get("error")
             up = view.get("last_up_to_date")
             lag = round(now - up, 3) if isinstance(up, (int, float)) else None
         elif state != "error":
             state = "running" if running else "stopped"
-        result.append(dict(zip(FIELDS, (name, state, count, handle, offset, synced, lag, error, staged), strict=True)))
+        result.append(replace(status, state=state, error=error, lag=lag).to_json())
     return result
 
 
@@ -160,15 +157,6 @@ def _check_database(db: Path) -> None:
         raise ConfigError(f"database: cannot open {db}: {exc.strerror}") from None
     if magic != _MAGIC:
         raise ConfigError(f"database: {db} is not a SQLite database")
-
-
-def _age(timestamp: str | None, now: float) -> float | None:
-    if not timestamp:
-        return None
-    try:
-        return round(max(0.0, now - datetime.fromisoformat(timestamp).timestamp()), 3)
-    except ValueError:
-        return None
 
 
 def _busy(db: Path, pid: int | None) -> str:

@@ -1,6 +1,6 @@
 """Snapshot rows converted ahead of the writer, on worker threads, into in-memory databases.
 
-Reading and converting a ~10 MB snapshot body in SQL (replica.sqlconvert) is most of an initial
+Reading and converting a ~10 MB snapshot body in SQL (replica.typemap.sql) is most of an initial
 sync. Inside the writer's transaction it would wait for the body to be validated, and then hold
 up the next one. So the sync loop starts it as soon as a body arrives: the body is cut into halves at
 message boundaries, and two worker threads run the same ``INSERT … SELECT`` over one half each,
@@ -11,9 +11,9 @@ converting them.
 
 Nothing here touches the store's file, so converting a body that then fails validation costs
 only the time. A conversion that fails (a value only the Python converters can judge, or an
-escaped NUL, which the SQL misreads: ``BodyChanges.nul_escapes``) is dropped, and the writer
+escaped NUL, which the SQL misreads: ``InsertBody.nul_escapes``) is dropped, and the writer
 takes its usual route, which names the value. The rows are used only for the commit made of the
-very same body, and only if ``Converted.select`` is the SELECT the writer would run itself.
+very same body read with an equal TableSchema (``Conversion.parts_for``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 
 import apsw
 
-from replica.protocol import framing as cuts
-from replica.typemap import sql as sqlconvert
-from replica.protocol.snapshot import NUL_ESCAPE, BodyChanges
+from replica.protocol import framing
+from replica.protocol.snapshot import NUL_ESCAPE, InsertBody
+from replica.typemap import sql
 from replica.typemap.schema import TableSchema
 from replica.typemap.sql import attached_name
 
-__all__ = ["Ahead", "Converted", "Converter", "attached", "convert"]
+__all__ = ["Attached", "Conversion", "Converted", "Converter", "attached", "convert", "register"]
 
 PARTS = 2  # halves: one per core of a small machine, and half a body's memory each
 MIN_PART = 256 * 1024  # smaller bodies convert in one part
@@ -57,8 +58,13 @@ _memmem = _libc_memmem()
 _ESCAPED_NUL = b"\\u0000"  # the six bytes NUL_ESCAPE matches
 
 
+def register(conn: apsw.Connection) -> None:
+    """Give ``conn`` the SQL function the type map falls back to for unusual forms (``typemap.sql``)."""
+    conn.create_scalar_function(sql.CONVERT_FUNCTION, sql.convert_by_spec, 2, deterministic=True)
+
+
 def nul_escape(body: bytes, start: int, end: int) -> bool:
-    """True if ``body[start:end]`` holds an escaped NUL (``\\u0000``), as ``BodyChanges.nul_escapes`` asks.
+    """True if ``body[start:end]`` holds an escaped NUL (``\\u0000``), as ``InsertBody.nul_escapes`` asks.
 
     The C library's memmem, where there is one: ~2x faster than ``re`` over a ~10 MB body, and
     ctypes lets go of the GIL while it runs, so the writer and the parser are not held up.
@@ -73,10 +79,9 @@ def nul_escape(body: bytes, start: int, end: int) -> bool:
 class Converted:
     """The rows of one part of a body, converted and held in a process-private in-memory database."""
 
-    def __init__(self, conn: apsw.Connection, uri: str, select: str) -> None:
+    def __init__(self, conn: apsw.Connection, uri: str) -> None:
         self._conn = conn  # keeps the memdb alive until closed
         self.uri = uri
-        self.select = select  # the bulk SELECT the rows came from
 
     def close(self) -> None:
         self._conn.close()
@@ -85,7 +90,7 @@ class Converted:
 def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted | None:
     """Run the bulk SELECT of ``schema`` over ``body[start:end]`` into a new in-memory database;
     None if SQLite cannot (the writer's own route then decides, and reports a bad value by name)."""
-    select = sqlconvert.bulk_select_sql(schema)
+    select = sql.bulk_select_sql(schema)
     if select is None or nul_escape(body, start, end):
         return None
     # memdb databases named with a leading "/" are shared within this process, so the writer can ATTACH one.
@@ -93,35 +98,37 @@ def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted
     conn = None
     try:
         conn = apsw.Connection(uri, flags=_OPEN)
-        conn.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
+        register(conn)
         # Untyped columns store each value exactly as converted; the copy applies the table's affinity.
         conn.execute(f"CREATE TABLE rows ({', '.join(f'c{i}' for i in range(len(schema.names)))})")
         # Piece by piece: the text, its binding and SQLite's JSONB of a ~5 MB part would each be a
         # fresh mmap for the kernel to fault in and zero; a piece's come from (and go back to) the
         # heap. Not cached: a cached statement would keep its binding alive.
-        for a, b in cuts.pieces(body, start, end, PIECE):
-            conn.execute(f"INSERT INTO rows {select}", (cuts.run_text(body, a, b),), can_cache=False)
+        for a, b in framing.pieces(body, start, end, PIECE):
+            conn.execute(f"INSERT INTO rows {select}", (framing.run_text(body, a, b),), can_cache=False)
         conn.execute("PRAGMA shrink_memory")  # the page cache: the rows are in the memdb itself
-    except Exception:  # invalid UTF-8 or JSON, a value the SQL refuses, out of memory: the writer's route decides
+    except (apsw.Error, ValueError, TypeError, RecursionError, OverflowError, MemoryError):
+        # Invalid JSON, a value the type map refuses, out of memory: nothing was written anywhere,
+        # and the writer's own route decides (and names a bad value).
         if conn is not None:
             conn.close()
         return None
-    return Converted(conn, uri, select)
+    return Converted(conn, uri)
 
 
-class Ahead:
-    """A conversion under way for one response body; the commit made of that body may use it."""
+class Conversion:
+    """A conversion under way for one response body; only the commit made of that body may use it."""
 
-    def __init__(self, body: bytes, futures: list[Future[Converted | None]]) -> None:
+    def __init__(self, body: bytes, table: TableSchema, futures: list[Future[Converted | None]]) -> None:
         self._body = body
+        self._table = table
         self._futures = futures
 
-    def result_for(self, changes: object) -> list[Converted] | None:
-        """The converted parts if ``changes`` are this body's (waiting for them), else None.
-
-        Dropping an Ahead unused is fine: its rows are freed once the conversions finish.
-        """
-        if not isinstance(changes, BodyChanges) or changes.body is not self._body:
+    def parts_for(self, changes: object, table: TableSchema | None) -> list[Converted] | None:
+        """The converted parts if ``changes`` are this very body read with an equal ``table``
+        (waiting for them), else None. Dropping a Conversion unused is fine: its rows are freed
+        once the workers finish."""
+        if not isinstance(changes, InsertBody) or changes.body is not self._body or table != self._table:
             return None
         return self.parts()
 
@@ -148,15 +155,15 @@ class Converter:
         self._closed = False
         self._lock = threading.Lock()
 
-    def start(self, body: bytes, schema: TableSchema) -> Ahead | None:
+    def start(self, body: bytes, schema: TableSchema) -> Conversion | None:
         """Begin converting ``body`` for ``schema`` (returns at once); None once closed."""
         with self._lock:
             if self._closed or self._workers < 1:
                 return None
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="replica-convert")
-            parts = cuts.split(body, self._workers, MIN_PART)
-            return Ahead(body, [self._executor.submit(convert, body, a, b, schema) for a, b in parts])
+            parts = framing.split(body, self._workers, MIN_PART)
+            return Conversion(body, schema, [self._executor.submit(convert, body, a, b, schema) for a, b in parts])
 
     def close(self) -> None:
         """Stop the workers, waiting for conversions that are running; start() does nothing after."""
@@ -166,15 +173,22 @@ class Converter:
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-@contextmanager
-def attached(conn: apsw.Connection, changes: object, parts: list[Converted] | None) -> Iterator[None]:
-    """Attach ``parts`` (the rows of ``changes``, in order) to ``conn`` for the duration, then free them.
+@dataclass(frozen=True)
+class Attached:
+    """Converted parts attached to the writer's connection: their schema names, in log order."""
 
-    Use it around the transaction that copies them: DETACH fails inside it. While attached,
-    ``changes.converted`` tells ``tables.bulk_write`` to copy the rows rather than convert them.
+    names: tuple[str, ...]
+
+
+@contextmanager
+def attached(conn: apsw.Connection, parts: list[Converted] | None) -> Iterator[Attached | None]:
+    """Attach ``parts`` to ``conn`` for the duration (None if there are none, or they cannot be), then free them.
+
+    Use it around the transaction that copies them (DETACH fails inside one), and hand what it
+    yields to ``bulk.write_inserts`` with the commit the parts were converted for.
     """
-    if not parts or not isinstance(changes, BodyChanges):
-        yield
+    if not parts:
+        yield None
         return
     with ExitStack() as stack:
         for part in parts:
@@ -187,12 +201,9 @@ def attached(conn: apsw.Connection, changes: object, parts: list[Converted] | No
         except apsw.Error:  # e.g. the name is taken (a DETACH that failed): the usual route converts the body itself
             _detach(conn, names)
             names = []
-        if len(names) == len(parts):
-            changes.converted = (parts[0].select, len(parts))
         try:
-            yield
+            yield Attached(tuple(names)) if len(names) == len(parts) else None
         finally:
-            changes.converted = None
             _detach(conn, names)
 
 

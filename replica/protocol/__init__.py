@@ -5,3 +5,11 @@ machine that turns responses into ``Commit``s (``shapelog``). Pure: no httpx, an
 May import: ``replica.errors``, ``replica.redaction``, ``replica.typemap``.
 Never imported by: ``replica.typemap``; everything above uses it.
 """
+
+from replica.protocol.messages import Change, Control, parse_body
+from replica.protocol.shape import Shape
+from replica.protocol.shapelog import Checkpoint, Commit, Request, Response, ShapeLog
+from replica.protocol.snapshot import InsertBody
+
+__all__ = ["Change", "Checkpoint", "Commit", "Control", "InsertBody", "Request", "Response", "Shape", "ShapeLog",
+           "parse_body"]

@@ -1,7 +1,7 @@
-"""Reading Electric's answers beyond the happy path, for ``replica.protocol``: error bodies,
-Retry-After, a schema peeked at before it is accepted, and the check that a change's key names
-the row its primary key does. Pure; nothing here keeps state. Bodies and headers may be anything
-a proxy or attacker sends: every helper answers or raises ``ProtocolError``, never another error.
+"""Reading Electric's answers beyond the happy path, for the ``ShapeLog``: error bodies,
+Retry-After, the electric-schema header, and the check that a change's key names the row its
+primary key does. Pure; nothing here keeps state. Bodies and headers may be anything a proxy or
+attacker sends: every helper answers or raises ``ProtocolError``, never another error.
 """
 
 from __future__ import annotations
@@ -9,65 +9,29 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
 
-from replica.protocol import wire
 from replica.errors import ProtocolError
+from replica.protocol import wire
+from replica.protocol.messages import Change
+from replica.redaction import Redactor
 
 __all__ = [
-    "SENSITIVE_NAME",
-    "Redactor",
     "check_keys",
+    "check_row_keys",
     "is_out_of_bounds",
-    "peek_schema",
-    "redact",
+    "parse_schema",
+    "pk_columns",
     "refusal_message",
     "retry_after_seconds",
     "summary",
 ]
 
-_QUERY_SECRET = re.compile(r"\b(" + "|".join(sorted(wire.SECRET_PARAMS)) + r")=[^&\s'\"<>]*")
-_CREDENTIAL = re.compile(r"\b(Bearer|Basic|Token)\s+[^\s'\"<>,;]+", re.IGNORECASE)
-#: Header and parameter names whose values are credentials.
-SENSITIVE_NAME = re.compile(r"auth|cookie|token|secret|key|passw|session", re.IGNORECASE)
-MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words
+_SCRUB = Redactor()  # an error page may echo the request: secret-shaped text goes
 
 
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without ``secret=…`` URL values, ``Bearer …`` credentials and the known ``secrets``."""
-    text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={wire.REDACTED}", text)
-    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} {wire.REDACTED}", text)
-    for secret in sorted((s for s in secrets if len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True):
-        text = text.replace(secret, wire.REDACTED)
-    return text
-
-
-class Redactor:
-    """One client's secrets, removed from any text by calling it: the API secret, ``secret=``
-    values in the URL, headers and parameters named like credentials, and the last values that
-    header/parameter functions returned (refreshed tokens, whatever their name)."""
-
-    def __init__(self, url: str, secret: str | None, named: Iterable[tuple[str, Any]] = ()) -> None:
-        self._known: set[str] = {secret} if secret else set()
-        self._known.update(v for k, v in parse_qsl(urlsplit(url).query) if k in wire.SECRET_PARAMS)
-        self._refreshed: deque[str] = deque(maxlen=32)
-        self.learn(named)
-
-    def learn(self, named: Iterable[tuple[str, Any]]) -> None:
-        self._known.update(v for k, v in named if isinstance(v, str) and SENSITIVE_NAME.search(k))
-
-    def refreshed(self, value: str) -> None:
-        if value not in self._refreshed:
-            self._refreshed.append(value)
-
-    def __call__(self, text: str) -> str:
-        return redact(text, [*self._known, *self._refreshed])
-
-
-def check_keys(changes: Sequence[wire.Change], schema: Mapping[str, Any] | None, relation: tuple[str, str]) -> None:
+def check_keys(changes: Sequence[Change], schema: Mapping[str, Any] | None, relation: tuple[str, str]) -> None:
     """ProtocolError unless each change's key is the one Electric builds from its primary key.
 
     The store finds rows by their primary-key values, so a key naming another row (or table)
@@ -130,16 +94,15 @@ def _mismatch(index: int, key: str, expected: str) -> None:
     )
 
 
-def peek_schema(headers: Mapping[str, str]) -> Mapping[str, Any] | None:
-    """The electric-schema in ``headers`` if it parses (the state machine reports it if not)."""
-    raw = headers.get(wire.H_SCHEMA)
-    if raw is None:
-        return None
+def parse_schema(raw: str) -> dict[str, Any]:
+    """The electric-schema header's JSON object; ProtocolError if it is not one."""
     try:
         schema = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return schema if isinstance(schema, dict) else None
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"electric-schema header is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise ProtocolError("electric-schema header must be a JSON object of column → type")
+    return schema
 
 
 def pk_columns(schema: Mapping[str, Any] | None) -> list[str]:
@@ -179,7 +142,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 def summary(body: bytes, limit: int = 200) -> str:
     """The start of an error body for a message; it may echo the request, so secrets are redacted
     and a word cut at the limit is dropped (a cut token could not be recognised later)."""
-    text = redact(body[: limit * 4].decode("utf-8", "replace")).strip()
+    text = _SCRUB(body[: limit * 4].decode("utf-8", "replace")).strip()
     if len(text) > limit or len(body) > limit * 4:
         text = re.sub(r"[^\s,;&'\"<>()]*$", "", text[:limit]) + "…"
     return f"({text})" if text else ""
@@ -190,7 +153,7 @@ def refusal_message(status: int, body: bytes) -> str:
     try:
         errors = json.loads(body).get("errors")
         if isinstance(errors, dict):
-            detail = redact("; ".join(f"{field}: {', '.join(map(str, msgs))}" for field, msgs in errors.items()))
+            detail = _SCRUB("; ".join(f"{field}: {', '.join(map(str, msgs))}" for field, msgs in errors.items()))
     except (ValueError, AttributeError, TypeError, RecursionError):  # any body a proxy may send
         pass
     hints = {

@@ -9,101 +9,24 @@ No httpx, anyio, apsw, time or random here: the caller passes in a cache buster.
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replica.protocol import snapshot as inserts
-from replica.protocol import answers as replies
-from replica.protocol import wire
-from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
+from replica.errors import ProtocolError, ServerBusy, ShapeError
+from replica.protocol import answers, wire
+from replica.protocol.messages import Change, Control, parse_body
+from replica.protocol.shape import Shape
+from replica.protocol.snapshot import InsertBody, parse_whole_inserts
 from replica.typemap.schema import TableSchema
 
-__all__ = ["Checkpoint", "Commit", "Request", "Response", "Shape", "ShapeLog"]
+__all__ = ["Ahead", "Changes", "Checkpoint", "Commit", "Request", "Response", "ShapeLog"]
 
-
-@dataclass(frozen=True)
-class Shape:
-    """What to sync: a table, optionally filtered (``where`` + ``params``) and projected (``columns``).
-
-    ``name`` is the local SQLite table; by default the table part of ``table`` (no schema, no quotes).
-    """
-
-    table: str
-    where: str | None = None
-    params: tuple[tuple[str, str], ...] = ()
-    columns: tuple[str, ...] | None = None
-    replica: str = wire.REPLICA_DEFAULT
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.params, Mapping):
-            object.__setattr__(self, "params", tuple((str(k), str(v)) for k, v in self.params.items()))
-        else:
-            object.__setattr__(self, "params", tuple((str(k), str(v)) for k, v in self.params))
-        if self.columns is not None and not isinstance(self.columns, tuple):
-            object.__setattr__(self, "columns", tuple(self.columns))
-        self.validate()
-
-    def validate(self) -> None:
-        try:
-            wire.parse_table(self.table)
-        except ValueError as exc:
-            raise ConfigError(f"table: {exc}") from None
-        if self.replica not in (wire.REPLICA_DEFAULT, wire.REPLICA_FULL):
-            raise ConfigError(f"replica: must be 'default' or 'full', got {self.replica!r}")
-        numbers = [k for k, _ in self.params]
-        if any(not k.isdigit() for k in numbers):
-            raise ConfigError(f"params: keys must be the numbers of $n placeholders, got {numbers}")
-        if sorted(int(k) for k in numbers) != list(range(1, len(numbers) + 1)):
-            raise ConfigError(f"params: must be numbered 1..n without gaps, got {numbers}")
-        if self.params and not self.where:
-            raise ConfigError("params: given without a where clause that uses them")
-        if self.where is not None and _has_subquery(self.where):
-            raise ConfigError("where: subqueries (SELECT …) are not supported by replica yet")
-        if self.columns is not None and not self.columns:
-            raise ConfigError("columns: must list at least one column (and every primary-key column)")
-        if not self.local_name:
-            raise ConfigError("name: the local table name must not be empty")
-
-    @property
-    def local_name(self) -> str:
-        return self.name if self.name is not None else wire.parse_table(self.table)[1]
-
-    def query_params(self) -> list[tuple[str, str]]:
-        """The shape-defining query parameters, in a stable order."""
-        query = [(wire.P_TABLE, self.table)]
-        if self.where:
-            query.append((wire.P_WHERE, self.where))
-        for number, value in sorted(self.params, key=lambda kv: int(kv[0])):
-            query.append((f"{wire.P_PARAMS}[{number}]", value))
-        if self.columns is not None:
-            query.append((wire.P_COLUMNS, ",".join(wire.quote_pg_ident(c) for c in self.columns)))
-        if self.replica != wire.REPLICA_DEFAULT:
-            query.append((wire.P_REPLICA, self.replica))
-        return query
-
-    def definition(self) -> str:
-        """Canonical text of the server-side definition; a checkpoint is only valid for it (R8)."""
-        schema, table = wire.parse_table(self.table)
-        return json.dumps(
-            {
-                "table": [schema, table],
-                "where": self.where,
-                "params": dict(sorted(self.params, key=lambda kv: int(kv[0]))),
-                "columns": list(self.columns) if self.columns is not None else None,
-                "replica": self.replica,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-
-
-def _has_subquery(where: str) -> bool:
-    # A rough but safe test: SELECT as a word outside string literals.
-    outside = "".join(part for i, part in enumerate(where.split("'")) if i % 2 == 0)
-    return "select" in outside.lower().replace("(", " ").split()
+#: What a commit carries: change messages in log order, or a snapshot chunk kept as its body.
+Changes = tuple[Change, ...] | InsertBody
+#: Called with a body that should be a snapshot chunk, and the table it would fill, before the
+#: body is validated: the caller may start converting it meanwhile (``replica.fast``).
+Ahead = Callable[[bytes, TableSchema], None]
 
 
 @dataclass(frozen=True)
@@ -129,15 +52,24 @@ class Commit:
     ``up_to_date`` True: publish everything staged plus ``changes`` in one transaction (R2).
     ``refetch`` True: this commit starts a new snapshot; when it is published it replaces every row
     of the table (the old rows stay visible until then).
-    ``changes`` is an ``inserts.BodyChanges`` when the response was at least ``WHOLE_BODY_BYTES`` of
-    whole-row inserts: validated, kept as the body for SQLite to read.
+    ``changes`` is an ``InsertBody`` when the response was at least ``WHOLE_BODY_BYTES`` of
+    whole-row inserts: validated, kept as the body for SQLite to read; else Change messages.
+    ``table``: the TableSchema the changes are read with (the ShapeLog's own; built from the
+    checkpoint's schema and the shape's types when not given).
     """
 
     shape: Shape
-    changes: Sequence[wire.Change]
+    changes: Changes
     checkpoint: Checkpoint
     up_to_date: bool
     refetch: bool = False
+    table: TableSchema | None = field(default=None, compare=False)
+
+    def table_schema(self) -> TableSchema | None:
+        if self.table is not None:
+            return self.table
+        schema = self.checkpoint.schema
+        return None if schema is None else TableSchema.from_electric(schema, self.shape.overrides)
 
 
 @dataclass(frozen=True)
@@ -160,9 +92,21 @@ class Response:
 # --- the state machine ---
 
 # Bodies this big of nothing but whole-row inserts (snapshot chunks) are validated without building
-# a Change per row and handed on as the body itself (inserts.BodyChanges), which the store lets SQLite read.
+# a Change per row and handed on as the body itself (InsertBody), which the store lets SQLite read.
 WHOLE_BODY_BYTES = 16 * 1024
 STALE_RETRY_LIMIT = 3  # stale cached responses in a row before giving up to the caller's backoff
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a response moves the log (its headers, read and checked once)."""
+
+    handle: str | None
+    offset: str
+    cursor: str | None
+    schema: Mapping[str, Any] | None
+    table: TableSchema | None
+    strict: bool
 
 
 class ShapeLog:
@@ -181,7 +125,7 @@ class ShapeLog:
         self._bust = False
         self._stale = 0
         self.expired_handle: str | None = None
-        self._relation: tuple[str, str] | None = None
+        self._relation_cache: tuple[str, str] | None = None
         self._base_params = shape.query_params()
         if checkpoint is None or checkpoint.offset == wire.OFFSET_BEFORE_ALL:
             self._restart(checkpoint.handle if checkpoint else None)
@@ -190,6 +134,7 @@ class ShapeLog:
             self.offset = checkpoint.offset
             self.cursor = checkpoint.cursor
             self.schema = checkpoint.schema
+            self.table: TableSchema | None = None  # built from the schema when first needed
             self.live = checkpoint.up_to_date
             self.refetch = False
             # A staging checkpoint means rows wait on disk for the next up-to-date.
@@ -200,6 +145,7 @@ class ShapeLog:
         self.offset = wire.OFFSET_BEFORE_ALL
         self.cursor: str | None = None
         self.schema: Mapping[str, Any] | None = None
+        self.table = None
         self.live = False
         self.refetch = True  # the next commit starts a snapshot that replaces the table's rows
         self.staged = False
@@ -231,41 +177,40 @@ class ShapeLog:
         params.sort(key=lambda kv: kv[0])
         return Request(tuple(params), self.live)
 
-    def snapshot_schema(self, response: Response) -> Mapping[str, Any] | None:
-        """The electric-schema ``receive`` would read ``response``'s body with if it may be a snapshot
-        chunk (a 200 to a non-live request, at least ``WHOLE_BODY_BYTES``), else None. Changes nothing."""
-        if response.status != 200 or self.live or len(response.body) < WHOLE_BODY_BYTES:
-            return None
-        return self.schema if self.schema is not None else replies.peek_schema(response.headers)
+    def receive(self, response: Response, *, ahead: Ahead | None = None) -> Commit | None:
+        """Advance on one response to the request last built. Raises per ``replica.errors``.
 
-    def receive(self, response: Response) -> Commit | None:
-        """Advance on one response to the request last built. Raises per ``replica.errors``."""
+        ``ahead(body, table)`` is called when the response should be a snapshot chunk (a 200 to a
+        non-live request, at least ``WHOLE_BODY_BYTES``), once its headers are accepted and before
+        its body is validated: the caller may start converting the rows meanwhile. Nothing it
+        starts may be written unless the returned commit carries that very body.
+        """
         status = response.status
         if status == 200:
-            return self._receive_ok(response)
+            return self._receive_ok(response, ahead)
         if status == 204:  # servers before 1.0.4 answered a quiet long-poll like this
             if not self.live:
                 raise ProtocolError("204 No Content is only valid as the answer to a live long-poll")
-            self._accept_position(response, strict=False, up_to_date=True)
+            self._move(self._position(response, strict=False, up_to_date=True))
             return self._after_data((), up_to_date=True)
         if status == 409:
             self._must_refetch(response.headers.get(wire.H_HANDLE) or None)
             return None
-        if status == 400 and replies.is_out_of_bounds(response.body):
+        if status == 400 and answers.is_out_of_bounds(response.body):
             # The server lost our position (restart, handover): start the log again.
             self._must_refetch(None)
             return None
         if status in (429,) or 500 <= status <= 599:
             raise ServerBusy(
-                f"server answered {status} {replies.summary(response.body)}; retrying with backoff",
+                f"server answered {status} {answers.summary(response.body)}; retrying with backoff",
                 status=status,
-                retry_after=replies.retry_after_seconds(response.headers.get(wire.H_RETRY_AFTER)),
+                retry_after=answers.retry_after_seconds(response.headers.get(wire.H_RETRY_AFTER)),
             )
         if status in (400, 401, 403, 404, 405, 406, 410, 413, 414, 422):
-            raise ShapeError(replies.refusal_message(status, response.body), status=status)
-        raise ProtocolError(f"unexpected HTTP status {status} {replies.summary(response.body)}")
+            raise ShapeError(answers.refusal_message(status, response.body), status=status)
+        raise ProtocolError(f"unexpected HTTP status {status} {answers.summary(response.body)}")
 
-    def _receive_ok(self, response: Response) -> Commit | None:
+    def _receive_ok(self, response: Response, ahead: Ahead | None) -> Commit | None:
         handle = response.headers.get(wire.H_HANDLE)
         if handle is not None and handle == self.expired_handle:
             # A cache replayed a response of the handle we were told is gone: ask again, differently.
@@ -279,35 +224,41 @@ class ShapeLog:
             self._bump_cache_buster()
             return None
         # Validate everything before changing any state: a bad response is retried at the same offset.
-        schema = self.schema if self.schema is not None else replies.peek_schema(response.headers)
+        body = response.body
+        position = self._position(response, strict=True, up_to_date=None)
+        table = position.table
+        changes: Changes
         whole = None
-        if schema and len(response.body) >= WHOLE_BODY_BYTES:
-            check = functools.partial(replies.check_row_keys, schema=schema, relation=self._table())
-            whole = inserts.parse_whole_inserts(response.body, tuple(schema), check)
+        if table is not None and len(body) >= WHOLE_BODY_BYTES:
+            if ahead is not None and not self.live:
+                ahead(body, table)
+            check = functools.partial(answers.check_row_keys, schema=position.schema, relation=self._relation())
+            whole = parse_whole_inserts(body, table.names, check)
         if whole is not None:
-            changes: Sequence[wire.Change] = whole.changes  # the body itself: SQLite reads it
-            up_to_date = whole.up_to_date
+            changes, up_to_date = whole.changes, whole.up_to_date
         else:
-            messages = wire.parse_body(response.body)
+            messages = parse_body(body)
             up_to_date = False
             for index, message in enumerate(messages):
-                if isinstance(message, wire.Control) and message.control == wire.UP_TO_DATE:
+                if isinstance(message, Control) and message.control == wire.UP_TO_DATE:
                     if index != len(messages) - 1:
                         raise ProtocolError("up-to-date must be the last message of a response")
                     up_to_date = True
-            changes = tuple(m for m in messages if isinstance(m, wire.Change))
+            changes = tuple(m for m in messages if isinstance(m, Change))
             if changes:
-                replies.check_keys(changes, schema, self._table())
-        self._accept_position(response, strict=True, up_to_date=up_to_date)
+                answers.check_keys(changes, position.schema, self._relation())
+        self._check_progress(position, up_to_date)
+        self._move(position)
         self._stale = 0
         return self._after_data(changes, up_to_date=up_to_date)
 
-    def _table(self) -> tuple[str, str]:
-        if self._relation is None:
-            self._relation = wire.parse_table(self.shape.table)
-        return self._relation
+    def _relation(self) -> tuple[str, str]:
+        if self._relation_cache is None:
+            self._relation_cache = wire.parse_table(self.shape.table)
+        return self._relation_cache
 
-    def _accept_position(self, response: Response, *, strict: bool, up_to_date: bool) -> None:
+    def _position(self, response: Response, *, strict: bool, up_to_date: bool | None) -> _Position:
+        """The position ``response`` moves to, each header read once; raises if it may not move there."""
         headers = response.headers
         handle = headers.get(wire.H_HANDLE)
         offset = headers.get(wire.H_OFFSET)
@@ -329,32 +280,34 @@ class ShapeLog:
                 new = wire.Offset.parse(offset)
             except ValueError as exc:
                 raise ProtocolError(f"malformed electric-offset header: {exc}") from None
-            old = wire.Offset.parse(self.offset)
-            if new < old:
+            if new < wire.Offset.parse(self.offset):
                 raise ProtocolError(f"electric-offset went backwards from {self.offset} to {offset}")
-            if new == old and strict and not self.live and not up_to_date:
-                # R5: a non-live answer that does not move would have us ask the same thing forever.
-                raise ProtocolError(f"server did not advance past offset {offset} in a non-live response")
-        schema = self.schema
+        schema, table = self.schema, self.table
         if raw_schema is not None and schema is None:
-            try:
-                schema = json.loads(raw_schema)
-            except (ValueError, RecursionError) as exc:
-                raise ProtocolError(f"electric-schema header is not JSON: {exc}") from None
-            if not isinstance(schema, dict):
-                raise ProtocolError("electric-schema header must be a JSON object of column → type")
-            TableSchema.from_electric(schema)  # ShapeError now, before anything is staged with it
-        # All checks passed: move.
-        if handle is not None:
-            self.handle = handle
-        if offset is not None:
-            self.offset = offset
-        if cursor is not None:
-            self.cursor = cursor
-        self.schema = schema
+            schema = answers.parse_schema(raw_schema)
+            table = TableSchema.from_electric(schema, self.shape.overrides)  # ShapeError now, before staging
+        elif schema is not None and table is None:
+            table = TableSchema.from_electric(schema, self.shape.overrides)
+        return _Position(
+            handle if handle is not None else self.handle,
+            offset if offset is not None else self.offset,
+            cursor if cursor is not None else self.cursor,
+            schema,
+            table,
+            strict,
+        )
+
+    def _check_progress(self, position: _Position, up_to_date: bool) -> None:
+        # R5: a non-live answer that does not move would have us ask the same thing forever.
+        if position.strict and not self.live and not up_to_date and _same(position.offset, self.offset):
+            raise ProtocolError(f"server did not advance past offset {position.offset} in a non-live response")
+
+    def _move(self, position: _Position) -> None:
+        self.handle, self.offset, self.cursor = position.handle, position.offset, position.cursor
+        self.schema, self.table = position.schema, position.table
         self._bust = False
 
-    def _after_data(self, changes: Sequence[wire.Change], *, up_to_date: bool) -> Commit | None:
+    def _after_data(self, changes: Changes, *, up_to_date: bool) -> Commit | None:
         was_live = self.live
         if up_to_date:
             self.live = True
@@ -367,11 +320,11 @@ class ShapeLog:
             return self._commit(changes, up_to_date=False)
         return None
 
-    def _commit(self, changes: Sequence[wire.Change], *, up_to_date: bool) -> Commit:
+    def _commit(self, changes: Changes, *, up_to_date: bool) -> Commit:
         # A staging checkpoint is never "up to date": resuming from it goes non-live, and the
         # server's next up-to-date publishes what waits on disk.
         checkpoint = Checkpoint(self.handle, self.offset, self.cursor, self.schema, up_to_date)
-        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch)
+        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch, table=self.table)
         self.refetch = False
         self.staged = not up_to_date
         return commit
@@ -385,3 +338,7 @@ class ShapeLog:
     def _bump_cache_buster(self) -> None:
         self._busts += 1
         self._bust = True
+
+
+def _same(a: str, b: str) -> bool:
+    return wire.Offset.parse(a) == wire.Offset.parse(b)

@@ -1,24 +1,19 @@
-"""Electric's wire vocabulary: header, parameter and control names, offsets, keys and body parsing.
+"""Electric's wire vocabulary: header, parameter and control names, offsets and message keys.
 
 Every string that appears on the wire lives here, named after Electric's own terms, so the
 client (``replica.protocol``) and the fake server (``replica.testing``) cannot drift apart.
-Pure: no I/O.
+Pure: no I/O. Bodies are read by ``replica.protocol.messages``.
 """
 
 from __future__ import annotations
 
-import gc
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache, total_ordering
-from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import msgspec
-
-from replica.errors import ProtocolError
+from replica.redaction import SECRET_PARAMS as SECRET_PARAMS  # re-exported: the wire names of the secret
+from replica.typemap.schema import quote_ident
 
 # --- response headers (always lower-case here; HTTP header names are case-insensitive) ---
 H_HANDLE = "electric-handle"
@@ -56,7 +51,6 @@ P_EXPIRED_HANDLE = "expired_handle"
 PROTOCOL_PARAMS = frozenset(
     {P_OFFSET, P_HANDLE, P_LIVE, P_LIVE_SSE, P_CURSOR, P_CACHE_BUSTER, P_EXPIRED_HANDLE, P_LOG}
 )
-SECRET_PARAMS = frozenset({P_SECRET, P_API_SECRET})
 
 # --- message vocabulary ---
 UP_TO_DATE = "up-to-date"
@@ -151,8 +145,7 @@ def parse_table(text: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def quote_pg_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+quote_pg_ident = quote_ident  # Postgres and SQLite quote identifiers alike
 
 
 @lru_cache(maxsize=256)
@@ -175,150 +168,3 @@ def key_values(pk_values: Sequence[str | None]) -> str:
     if len(pk_values) == 1 and pk_values[0] is not None:  # the common case, without a list per key
         return '"' + pk_values[0].replace("/", "//") + '"'
     return "/".join(["_" if value is None else '"' + value.replace("/", "//") + '"' for value in pk_values])
-
-
-# --- bodies ---
-
-
-class Change(NamedTuple):
-    """One change message: ``operation`` is insert, update or delete; ``value`` maps column → text|None."""
-
-    operation: str
-    key: str
-    value: dict[str, str | None]
-    headers: dict[str, Any]
-
-
-class Control(NamedTuple):
-    """A control message such as up-to-date or snapshot-end."""
-
-    control: str
-    headers: dict[str, Any]
-
-
-Message = Change | Control
-
-
-class _Message(msgspec.Struct, gc=False):
-    """The fast path's view of a message; anything it cannot type goes the careful way."""
-
-    headers: dict[str, Any]
-    key: str | msgspec.UnsetType = msgspec.UNSET
-    value: dict[str, str | None] | msgspec.UnsetType = msgspec.UNSET
-
-
-_DECODER = msgspec.json.Decoder(list[_Message])
-
-
-def parse_body(body: bytes | str) -> list[Message]:
-    """Parse a shape-log body (a JSON array of messages) into Change and Control values.
-
-    Event messages (subquery move-in/out) and unknown control messages are kept out of the way:
-    events are dropped, unknown controls are returned for the caller to ignore.
-    Raises ProtocolError naming what is wrong; nothing is half-returned.
-
-    Well-formed bodies are decoded by msgspec into typed messages (values checked to be strings
-    or null in C), with the cyclic GC paused: a 10 MB body is ~100k objects that hold no cycles (collecting
-    while building them costs more than the decoding).
-    Anything unusual (wrong types, missing fields, invalid JSON) is parsed again by the careful
-    stdlib path below, so every error reads the same whichever path found it.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _parse_fast(body)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _parse_fast(body: bytes | str) -> list[Message]:
-    try:
-        decoded = _DECODER.decode(body)
-    except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: bytes that are not UTF-8
-        return _parse_body_careful(body)
-    messages: list[Message] = []
-    append = messages.append
-    for message in decoded:
-        headers = message.headers
-        key = message.key
-        if key is not msgspec.UNSET:
-            operation = headers.get("operation")
-            value = message.value
-            if operation not in OPERATIONS or value is msgspec.UNSET:
-                return _parse_body_careful(body)
-            append(Change(operation, key, value, headers))
-        elif "control" in headers:
-            control = headers["control"]
-            if not isinstance(control, str) or message.value is not msgspec.UNSET:
-                return _parse_body_careful(body)
-            append(Control(control, headers))
-        elif "event" in headers:
-            continue  # subquery move events: not supported, safely ignored
-        else:
-            return _parse_body_careful(body)
-    return messages
-
-
-def _parse_body_careful(body: bytes | str) -> list[Message]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"response body is not valid JSON ({exc}); it may have been truncated") from exc
-    if not isinstance(data, list):
-        raise ProtocolError(f"response body must be a JSON array of messages, got {type(data).__name__}")
-    messages: list[Message] = []
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ProtocolError(f"message {index} is a {type(item).__name__}, not an object")
-        headers = item.get("headers")
-        if not isinstance(headers, dict):
-            raise ProtocolError(f"message {index} has no headers object")
-        if "key" in item:
-            messages.append(_parse_change(index, item, headers))
-        elif "control" in headers:
-            control = headers["control"]
-            if not isinstance(control, str):
-                raise ProtocolError(f"message {index}: control must be a string")
-            messages.append(Control(control, headers))
-        elif "event" in headers:
-            continue  # subquery move events: not supported, safely ignored
-        else:
-            raise ProtocolError(f"message {index} is neither a change (no key) nor a control message")
-    return messages
-
-
-def _parse_change(index: int, item: dict[str, Any], headers: dict[str, Any]) -> Change:
-    key = item["key"]
-    operation = headers.get("operation")
-    value = item.get("value")
-    if not isinstance(key, str):
-        raise ProtocolError(f"message {index}: key must be a string")
-    if operation not in OPERATIONS:
-        raise ProtocolError(f"message {index}: unknown operation {operation!r}")
-    if not isinstance(value, dict):
-        raise ProtocolError(f"message {index}: value must be an object of column → text")
-    for column, text in value.items():
-        if text is not None and not isinstance(text, str):
-            raise ProtocolError(
-                f"message {index}: column {column!r} is a {type(text).__name__}; "
-                "Electric sends every value as a string or null"
-            )
-    return Change(operation, key, value, headers)
-
-
-# --- secrets never leave the process in text ---
-
-REDACTED = "[redacted]"
-
-
-def redact_url(url: str) -> str:
-    """The URL with the values of secret parameters replaced, safe for logs and errors."""
-    parts = urlsplit(url)
-    if not parts.query and "@" not in parts.netloc:
-        return url
-    query = [(k, REDACTED if k in SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    netloc = parts.netloc
-    if "@" in netloc:  # user:password@host
-        netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe=",[]\""), parts.fragment))

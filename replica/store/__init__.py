@@ -5,3 +5,9 @@ staging (``staging``), synced tables (``tables``), the up-to-date transaction (`
 May import: the foundation, ``replica.typemap``, ``replica.protocol``, ``replica.fast``.
 Never imported by: ``replica.protocol``, ``replica.typemap``, ``replica.fast``.
 """
+
+from replica.store.file import connect
+from replica.store.publish import Applied
+from replica.store.store import Store
+
+__all__ = ["Applied", "Store", "connect"]

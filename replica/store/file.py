@@ -1,5 +1,5 @@
-"""The SQLite file around the store: replica's bookkeeping DDL, file privacy, the single-writer
-lock, and the wording of SQLite failures (the store raises them; this only words them).
+"""The SQLite file around the store: file privacy, the single-writer lock, read-only connections
+for readers, and the wording of SQLite failures (the store raises them; this only words them).
 """
 
 from __future__ import annotations
@@ -15,53 +15,7 @@ except ImportError:  # Windows: no advisory lock; SQLite's own locking still kee
 
 from replica.errors import StoreError
 
-__all__ = ["LOCK_SUFFIX", "STATE_SQL", "StoreLock", "connect", "describe_apsw_error", "make_private", "wal_missing"]
-
-# Must equal schemas/state.sql byte for byte (tests/unit/test_store.py checks).
-STATE_SQL = """-- replica's own bookkeeping tables (design.md §8). Every name starts with _replica.
--- replica.store.STATE_SQL is this text; tests/unit/test_store.py checks both the text and the
--- tables a new Store creates.
-
--- One row per local table: the published position, written in the same transaction as the rows
--- (R1), and the status. definition/schema describe the rows now visible; handle/offset NULL
--- means there is no position to resume from (never published, or reset): the next publish
--- replaces every row.
-CREATE TABLE IF NOT EXISTS "_replica_shapes" (
-    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
-    "definition" TEXT,
-    "handle" TEXT,
-    "offset" TEXT,
-    "cursor" TEXT,
-    "schema" TEXT,
-    "state" TEXT NOT NULL DEFAULT 'stopped',
-    "last_synced_at" TEXT,
-    "rows" INTEGER NOT NULL DEFAULT 0,
-    "error" TEXT
-);
-
--- A snapshot or burst still arriving: the position to resume from (a crash resumes mid-snapshot),
--- and whether publishing it replaces every row of the table (refetch).
-CREATE TABLE IF NOT EXISTS "_replica_stages" (
-    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
-    "definition" TEXT NOT NULL,
-    "handle" TEXT,
-    "offset" TEXT NOT NULL,
-    "cursor" TEXT,
-    "schema" TEXT,
-    "refetch" INTEGER NOT NULL,
-    "changes" INTEGER NOT NULL DEFAULT 0
-);
-
--- The staged changes in log order (seq), raw as received; converted and applied at publish (R2, R10).
-CREATE TABLE IF NOT EXISTS "_replica_staging" (
-    "seq" INTEGER PRIMARY KEY,
-    "name" TEXT NOT NULL COLLATE NOCASE,
-    "operation" TEXT NOT NULL,
-    "key" TEXT NOT NULL,
-    "value" TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS "_replica_staging_name" ON "_replica_staging" ("name", "seq");
-"""
+__all__ = ["LOCK_SUFFIX", "StoreLock", "connect", "describe_apsw_error", "make_private", "wal_missing"]
 
 LOCK_SUFFIX = "-replica-lock"
 

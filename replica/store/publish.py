@@ -1,9 +1,11 @@
 """Publishing at up-to-date: staged and new changes into the synced table, with its position (R1, R2).
 
-``publish`` is the body of the store's up-to-date transaction: it creates or rebuilds the table
-from the schema (recreating the user's indexes and triggers that still apply), replaces every row
-on a refetch, writes the staged changes and the commit's own in log order, clears the stage, and
-records the new position in ``_replica_shapes``. ``Applied`` reports what it did.
+``publish`` is the body of the store's up-to-date transaction. A snapshot (refetch) takes the
+commit's own changes into its staged table and replaces the table's rows with it
+(``snapshots``); a burst creates or rebuilds the table from the schema if needed (recreating the
+user's indexes and triggers that still apply) and writes the staged changes and the commit's own
+in log order (``changelog``). Either way the stage is cleared and the new position recorded in
+``_replica_shapes``. ``Applied`` reports what it did.
 
 Used only by ``replica.store``, inside its transactions and its apsw-error boundary: nothing here
 commits. apsw errors propagate to the store, except the two it classifies itself: a schema SQLite
@@ -13,25 +15,25 @@ refuses as a table (``ShapeError``) and a saved index or trigger that no longer 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import apsw
 
-from replica.protocol import snapshot as inserts
-from replica.store import shadow
-from replica.store import staging
-from replica.store import tables
-from replica.protocol import wire
+from replica import fast
 from replica.errors import ProtocolError, ShapeError, StoreError
+from replica.protocol import wire
 from replica.protocol.shapelog import Commit
+from replica.protocol.snapshot import InsertBody
+from replica.status import iso_time
+from replica.store import changelog, positions, snapshots, tables
 from replica.typemap.schema import TableSchema, quote_ident
 
 __all__ = ["Applied", "publish"]
 
-log = logging.getLogger("replica.store.store")  # the store's channel: this is the body of Store.apply
+log = logging.getLogger("replica.store")  # the store's channel: this is the body of Store.apply
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,11 @@ class Applied:
 
     ``inserted``/``updated``/``deleted`` count the change messages written to the table, and
     ``keys`` maps each operation to their message keys — except for a refetch (``refetch`` True:
-    every row was replaced), where ``keys`` stays empty so memory does not grow with the shape;
-    for a table's first snapshot (it did not exist), ``inserted`` is its row count.
-    ``published`` is False when the changes were only staged (``staged`` counts what waits on
-    disk) or the commit was a redelivery of an older position. ``rows`` is the table's row count
-    after the call. ``dropped`` names user indexes/triggers that no longer applied after a schema
-    change and were dropped.
+    every row was replaced by a new snapshot), where ``inserted`` is the new row count and
+    ``keys`` stays empty, so memory does not grow with the shape. ``published`` is False when the
+    changes were only staged (``staged`` counts what waits on disk) or the commit was a
+    redelivery of an older position. ``rows`` is the table's row count after the call.
+    ``dropped`` names user indexes/triggers that no longer applied after a schema change.
     """
 
     name: str
@@ -63,14 +64,14 @@ class Applied:
 def publish(
     conn: apsw.Connection,
     commit: Commit,
-    published: staging.Published | None,
-    stage: staging.Stage | None,
-    overrides: Mapping[str, str] | None = None,
+    published: positions.Published | None,
+    stage: positions.Stage | None,
+    attached: fast.Attached | None = None,
 ) -> Applied:
     """Publish ``commit`` (up-to-date, not a redelivery) on top of ``published`` and ``stage``.
 
     ``stage`` is the one this commit continues (the store discards any other first);
-    ``overrides`` are the table's per-column type overrides.
+    ``attached``: rows of the commit's own body converted ahead.
     """
     name, definition, checkpoint = commit.shape.local_name, commit.shape.definition(), commit.checkpoint
     continues = published is not None and published.continued_by(definition, checkpoint.handle)
@@ -82,7 +83,7 @@ def publish(
     )
     if raw_schema is None:
         raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot create its table")
-    table_schema = TableSchema.from_electric(raw_schema, overrides)
+    table = commit.table if commit.table is not None else TableSchema.from_electric(raw_schema, commit.shape.overrides)
     exists = tables.table_exists(conn, name)
     if exists and (published is None or published.definition is None):
         raise ShapeError(
@@ -91,71 +92,71 @@ def publish(
         )
     if not exists and not refetch:
         raise StoreError(f"table {name!r} disappeared (dropped outside replica?); it will be synced again")
-    if stage is not None and shadow.exists(conn, name):
-        return _publish_shadow(conn, commit, table_schema, raw_schema, exists)
-    try:
-        saved = tables.ensure_table(conn, name, table_schema, keep_rows=not refetch)
-    except apsw.SQLError as exc:
-        raise ShapeError(f"cannot create table {name!r} from electric-schema: {exc}") from exc
-    checks = tables.probes(name, table_schema)
-    dropped = [item for item, sql in saved if not _recreate(conn, sql, checks)]
-    for item in dropped:
-        log.warning("table %r changed: dropped index/trigger %r, which no longer applies", name, item)
     if refetch:
-        conn.execute(f"DELETE FROM main.{quote_ident(name)}")  # keeps the user's indexes and triggers
-    tally = tables.Tally(keep_keys=not refetch)
-    writer = tables.TableWriter(conn, name, table_schema)
-    changes = commit.changes
+        return _publish_snapshot(conn, commit, table, raw_schema, exists, attached)
+    dropped = _ensure(conn, name, table, keep_rows=True)
+    tally = tables.Tally()
+    writer = tables.TableWriter(conn, name, table)
     if stage is not None:
-        typed = staging.typed_state(conn, name)
-        simple = typed is not None and typed[1] and typed[0] == staging.layout(table_schema)
-        if isinstance(changes, inserts.BodyChanges) and simple:
-            # The last response of a snapshot joins its stage, so it is copied in SQL with the rest.
-            staging.append_typed(conn, name, changes, table_schema, keys=not refetch)
-            typed, changes = staging.typed_state(conn, name), ()
-        if typed is None:
-            writer.apply(staging.read(conn, name), tally)  # a raw stage: converted now
-        elif typed[0] != staging.layout(table_schema):
-            raise StoreError(
-                f"the rows staged for {name!r} were converted with other column types or overrides; "
-                "the snapshot is fetched again"
-            )
-        elif typed[1] and table_schema.keyed:
-            writer.copy_inserts(staging.typed_table(name), tally, keys=staging.read_keys(conn, name))
-        else:
-            writer.apply(staging.read_typed(conn, name, table_schema.names), tally, converted=True)
+        writer.apply(changelog.read(conn, name), tally)
+    changes = commit.changes.changes() if isinstance(commit.changes, InsertBody) else commit.changes
     writer.apply(((c.operation, c.key, c.value) for c in changes), tally)
     writer.flush()
-    staging.clear(conn, name)
-    rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])
+    changelog.clear(conn, name)
+    rows = _count(conn, name)
     _record(conn, commit, raw_schema, rows)
     return Applied(
         name,
         inserted=tally.counts[wire.INSERT],
         updated=tally.counts[wire.UPDATE],
         deleted=tally.counts[wire.DELETE],
-        keys={op: tuple(keys) for op, keys in tally.keys.items()} if not refetch else {},
+        keys={op: tuple(keys) for op, keys in tally.keys.items()},
         rows=rows,
-        refetch=refetch,
         published=True,
         dropped=tuple(dropped),
     )
 
 
-def _publish_shadow(
-    conn: apsw.Connection, commit: Commit, table_schema: TableSchema, raw_schema: Mapping[str, Any], exists: bool
+def _publish_snapshot(
+    conn: apsw.Connection,
+    commit: Commit,
+    table: TableSchema,
+    raw_schema: Mapping[str, Any],
+    exists: bool,
+    attached: fast.Attached | None,
 ) -> Applied:
-    """A first snapshot: its last changes join the shadow, which becomes the table (replica.shadow)."""
+    """The snapshot's last changes join it, and it replaces every row of the table."""
     name = commit.shape.local_name
-    if exists or not shadow.matches(conn, name, table_schema):
-        raise StoreError(f"the snapshot staged for {name!r} no longer fits its table; it is fetched again")
-    shadow.append(conn, name, commit.changes, table_schema)
-    shadow.swap_in(conn, name, table_schema)
-    staging.clear(conn, name)
-    rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])
+    if not snapshots.exists(conn, name):
+        snapshots.create(conn, name, table)  # a snapshot whose first response is also its last
+    elif not snapshots.matches(conn, name, table):
+        raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
+    snapshots.append(conn, name, commit.changes, table, attached)
+    dropped: list[str] = []
+    if exists:
+        dropped = _ensure(conn, name, table, keep_rows=False)
+    snapshots.publish(conn, name, table, replace=exists)
+    changelog.clear(conn, name)
+    rows = _count(conn, name)
     _record(conn, commit, raw_schema, rows)
-    # The table is new: every row in it was inserted (per-message counts are not kept for a shadow).
-    return Applied(name, inserted=rows, rows=rows, refetch=True, published=True)
+    return Applied(name, inserted=rows, rows=rows, refetch=True, published=True, dropped=tuple(dropped))
+
+
+def _ensure(conn: apsw.Connection, name: str, table: TableSchema, *, keep_rows: bool) -> list[str]:
+    """Give ``name`` the schema's layout; the names of user indexes/triggers that no longer apply."""
+    try:
+        saved = tables.ensure_table(conn, name, table, keep_rows=keep_rows)
+    except apsw.SQLError as exc:
+        raise ShapeError(f"cannot create table {name!r} from electric-schema: {exc}") from exc
+    checks = tables.probes(name, table)
+    dropped = [item for item, sql in saved if not _recreate(conn, sql, checks)]
+    for item in dropped:
+        log.warning("table %r changed: dropped index/trigger %r, which no longer applies", name, item)
+    return dropped
+
+
+def _count(conn: apsw.Connection, name: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])
 
 
 def _record(conn: apsw.Connection, commit: Commit, raw_schema: Mapping[str, Any], rows: int) -> None:
@@ -177,9 +178,9 @@ def _record(conn: apsw.Connection, commit: Commit, raw_schema: Mapping[str, Any]
             checkpoint.handle,
             checkpoint.offset,
             checkpoint.cursor,
-            staging.dump_schema(raw_schema),
+            positions.dump_schema(raw_schema),
             rows,
-            datetime.now(UTC).isoformat(timespec="milliseconds"),
+            iso_time(time.time()),
         ),
     )
 

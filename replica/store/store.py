@@ -2,63 +2,50 @@
 
 Each ``apply`` is one short ``BEGIN IMMEDIATE … COMMIT`` holding the rows and the checkpoint
 together (R1), so the write lock is never held across network waits and apps can write their own
-tables in the same file. Unfinished snapshots and bursts are staged on disk (``replica.staging``)
-and published in one transaction at up-to-date (``replica.publish``): readers on other connections
-only ever see up-to-date boundaries (R2), and memory does not grow with the shape (R10).
+tables in the same file. Unfinished snapshots and bursts are staged on disk (``positions`` says
+where) and published in one transaction at up-to-date (``publish``): readers on other
+connections only ever see up-to-date boundaries (R2), and memory does not grow with the shape (R10).
 
 apsw errors become ``StoreError`` here and nowhere else, chained with ``from`` and worded with the
-remedy; ``replica.publish``, which runs inside this boundary, only turns a schema SQLite refuses
-as a table into ``ShapeError``.
+remedy; ``publish``, which runs inside this boundary, only turns a schema SQLite refuses as a
+table into ``ShapeError``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, Self
+from typing import Self
 
 import apsw
 
-from replica.fast import convert as scratch
-from replica.store import shadow
-from replica.typemap import sql as sqlconvert
-from replica.store import staging
-from replica.store import tables
-from replica.store.file import STATE_SQL, StoreLock, describe_apsw_error, make_private, wal_missing
-from replica.errors import ProtocolError, ReplicaError, ShapeError, StoreError
-from replica.protocol.shapelog import Checkpoint, Commit, Shape
+from replica import fast
+from replica.errors import ProtocolError, ShapeError, StoreError
+from replica.protocol.shape import Shape
+from replica.protocol.shapelog import Checkpoint, Commit
+from replica.protocol.snapshot import InsertBody
+from replica.status import STATES, ShapeStatus
+from replica.store import changelog, positions, snapshots, tables
+from replica.store.file import StoreLock, describe_apsw_error, make_private, wal_missing
+from replica.store.positions import STATE_SQL
 from replica.store.publish import Applied, publish
 from replica.typemap.schema import TableSchema, check_table_name, fold_ident
-from replica.store.staging import ShapeStatus
 
-__all__ = ["STATES", "STATE_SQL", "Applied", "ShapeStatus", "Store"]
-
-STATES = frozenset({"connecting", "syncing", "live", "offline", "error", "stopped"})
+__all__ = ["STATE_SQL", "Applied", "Store"]
 
 
 class Store:
-    """The SQLite file replica writes. Thread-safe; one instance (and one process) per file.
+    """The SQLite file replica writes. Thread-safe; one instance (and one process) per file."""
 
-    ``overrides`` maps a local table name to per-column type overrides (see ``replica.schema``).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        busy_timeout: float = 5.0,
-        overrides: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
-        self._overrides = {name: dict(columns) for name, columns in (overrides or {}).items()}
         self._mutex = threading.RLock()  # apply runs in a worker thread; status may come from another
         self._claims: dict[str, Shape] = {}
         self._conn: apsw.Connection | None = None
-        self._converter = scratch.Converter()
         memory = self.path in ("", ":memory:")
-        # Opened with URI names on (to ATTACH converted rows, replica.scratch): a path is never one.
+        # Opened with URI names on (to ATTACH rows converted ahead, replica.fast): a path is never one.
         self._open_path = self.path if memory else os.path.abspath(self.path)
         self._writer_lock = None if memory else StoreLock.acquire(self.path)
         self._busy_timeout = busy_timeout
@@ -70,6 +57,7 @@ class Store:
                 self._open()
                 with self._transaction():
                     self._connection().execute(STATE_SQL)
+                    positions.drop_legacy_stages(self._connection())
         except BaseException:
             self.close()
             raise
@@ -90,14 +78,15 @@ class Store:
                 "use a local filesystem (WAL does not work over network filesystems)"
             )
         conn.pragma("synchronous", "NORMAL")
-        conn.create_scalar_function(sqlconvert.CONVERT_FUNCTION, sqlconvert.convert_by_spec, 2, deterministic=True)
+        fast.register(conn)
 
     # --- reading positions ---
 
     def checkpoint(self, shape: Shape) -> Checkpoint | None:
         """Where to resume ``shape``: the staging position, else the published one, else None.
 
-        None also when the stored position was made for another definition (R8): the next
+        None also when the stored position was made for another definition (R8), or when what
+        is staged no longer fits (the table was dropped, the shape's types changed): the next
         commits then refetch, and the old rows stay visible until that publishes.
         """
         name = shape.local_name
@@ -105,138 +94,118 @@ class Store:
         with self._mutex, self._translate(f"reading the checkpoint of {name!r}"):
             self._claim(shape)
             conn = self._connection()
-            stage = staging.load(conn, name)
+            stage = positions.load_stage(conn, name)
             if stage is not None and stage.definition == definition:
-                if not stage.refetch and not tables.table_exists(conn, name):
-                    return None  # the rows it extends were dropped outside replica: resync from scratch
-                typed = staging.typed_state(conn, name)
-                if typed is not None and stage.schema is not None:
-                    if typed[0] != staging.layout(self._table_schema(name, stage.schema)):
-                        return None  # staged with other type overrides: fetch the snapshot again
-                if stage.schema is not None and shadow.exists(conn, name):
-                    if not shadow.matches(conn, name, self._table_schema(name, stage.schema)):
-                        return None
+                if not self._stage_usable(shape, stage):
+                    return None
                 return Checkpoint(stage.handle, stage.offset, stage.cursor, stage.schema, up_to_date=False)
-            published = self._published(name)
+            published = positions.load_published(conn, name)
             if published is None or published.offset is None or published.definition != definition:
                 return None
             if not tables.table_exists(conn, name):
                 return None
             return Checkpoint(published.handle, published.offset, published.cursor, published.schema, up_to_date=True)
 
+    def _stage_usable(self, shape: Shape, stage: positions.Stage) -> bool:
+        conn, name = self._connection(), shape.local_name
+        if not stage.refetch:
+            return tables.table_exists(conn, name)  # else the rows it extends were dropped outside replica
+        if stage.schema is None or not snapshots.exists(conn, name):
+            return False  # staged by an older replica, or dropped: fetch the snapshot again
+        return snapshots.matches(conn, name, TableSchema.from_electric(stage.schema, shape.overrides))
+
     # --- writing ---
 
-    def convert_ahead(self, shape: Shape, schema: Mapping[str, Any] | None, body: bytes) -> scratch.Ahead | None:
-        """Start converting a response body's snapshot rows on a worker thread (returns at once).
-
-        ``schema`` is the electric-schema the body would be read with (``ShapeLog.snapshot_schema``).
-        Pass the result to ``apply`` with the commit made of this body. Optional: nothing is
-        written until ``apply``, which converts whatever was not converted ahead.
-        """
-        if schema is None:
-            return None
-        try:
-            table_schema = self._table_schema(shape.local_name, schema)
-        except ReplicaError:  # apply reports it
-            return None
-        return self._converter.start(body, table_schema)
-
-    def apply(self, commit: Commit, ahead: scratch.Ahead | None = None) -> Applied:
+    def apply(self, commit: Commit, conversion: fast.Conversion | None = None) -> Applied:
         """Stage (``up_to_date`` False) or publish (True) one commit, in one transaction (R1).
 
-        ``ahead``: the conversion ``convert_ahead`` began for the body of this commit, if any.
+        ``conversion``: the one ``fast.Converter.start`` began for the body of this commit, if
+        any; it is used only if the commit carries that very body (``Conversion.parts_for``).
 
         Re-applying a commit is harmless (R3): inserts upsert, updates merge, deletes of missing
         rows do nothing, and a commit older than the stored position of the same handle is skipped.
         """
         name = commit.shape.local_name
-        parts = ahead.result_for(commit.changes) if ahead else None  # waited for outside the mutex
+        table = commit.table_schema() if isinstance(commit.changes, InsertBody) else None
+        parts = conversion.parts_for(commit.changes, table) if conversion else None  # waited for outside the mutex
         with self._mutex, self._translate(f"writing shape {name!r}"):
             self._claim(commit.shape)
-            with scratch.attached(self._connection(), commit.changes, parts), self._transaction():
+            with fast.attached(self._connection(), parts) as attached, self._transaction():
                 if commit.up_to_date:
-                    return self._publish(commit)
-                return self._stage(commit)
+                    return self._publish(commit, attached)
+                return self._stage(commit, attached)
 
-    def _stage(self, commit: Commit) -> Applied:
+    def _stage(self, commit: Commit, attached: fast.Attached | None) -> Applied:
         conn = self._connection()
         name, definition, checkpoint = commit.shape.local_name, commit.shape.definition(), commit.checkpoint
-        published = self._published(name)
+        published = positions.load_published(conn, name)
         rows = published.rows if published else 0
         stage = self._current_stage(commit)
-        if staging.is_redelivery(commit, stage, published.position() if published else None):
+        if positions.is_redelivery(commit, stage, published.position() if published else None):
             return Applied(name, rows=rows, staged=stage.changes if stage else 0)
         if stage is None:
             continues = published is not None and published.continued_by(definition, checkpoint.handle)
             refetch = commit.refetch or not continues
             known = published.schema if published is not None and continues else None
-            stage = staging.Stage(definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, known, refetch)
+            stage = positions.Stage(definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, known, refetch)
         schema = checkpoint.schema or stage.schema
-        table_schema = self._table_schema(name, schema) if schema is not None else None
-        typed = staging.typed_state(conn, name)
-        first = stage.changes == 0 and stage.refetch and table_schema is not None and table_schema.keyed
-        staged_in_shadow = shadow.exists(conn, name)
-        if first and typed is None and not staged_in_shadow and not tables.table_exists(conn, name):
-            shadow.create(conn, name, table_schema)  # a first snapshot: staged in the table's own layout
-            staged_in_shadow = True
-        if staged_in_shadow:
-            if table_schema is None or not shadow.matches(conn, name, table_schema):
+        if schema is None:
+            raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot stage its changes")
+        table = commit.table if commit.table is not None else TableSchema.from_electric(schema, commit.shape.overrides)
+        if stage.refetch:
+            if not snapshots.exists(conn, name):
+                snapshots.create(conn, name, table)
+            elif not snapshots.matches(conn, name, table):
                 raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
-            shadow.append(conn, name, commit.changes, table_schema)
-            added = len(commit.changes)
-        elif table_schema is not None and (typed is not None or stage.changes == 0):
-            if typed is None:  # rows converted once, into a typed staging table: publishing is a copy in SQL
-                staging.create_typed(conn, name, table_schema)
-                typed = (staging.layout(table_schema), True)
-            self._check_layout(name, typed[0], table_schema)
-            added = staging.append_typed(conn, name, commit.changes, table_schema, keys=not stage.refetch)
+            added = snapshots.append(conn, name, commit.changes, table, attached)
         else:
-            # A stage begun without a schema (or by an older version) stays raw: converted at publish,
-            # and once now, so a bad value is reported with its response.
-            for change in commit.changes if table_schema is not None else ():
-                table_schema.convert_row(change.value)
-            added = staging.append(conn, name, commit.changes)
-        stage = staging.Stage(
-            definition,
-            checkpoint.handle,
-            checkpoint.offset,
-            checkpoint.cursor,
-            schema,
-            stage.refetch,
+            changes = commit.changes.changes() if isinstance(commit.changes, InsertBody) else commit.changes
+            added = changelog.append(conn, name, changes, table)
+        stage = positions.Stage(
+            definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, schema, stage.refetch,
             stage.changes + added,
         )
-        staging.save(conn, name, stage)
+        positions.save_stage(conn, name, stage)
         return Applied(name, rows=rows, staged=stage.changes)
 
-    def _publish(self, commit: Commit) -> Applied:
+    def _publish(self, commit: Commit, attached: fast.Attached | None) -> Applied:
+        conn = self._connection()
         name = commit.shape.local_name
-        published = self._published(name)
+        published = positions.load_published(conn, name)
         stage = self._current_stage(commit)
-        if staging.is_redelivery(commit, stage, published.position() if published else None):
+        if positions.is_redelivery(commit, stage, published.position() if published else None):
             return Applied(name, rows=published.rows if published else 0, staged=stage.changes if stage else 0)
-        return publish(self._connection(), commit, published, stage, self._overrides.get(name))
+        applied = publish(conn, commit, published, stage, attached)
+        self._clear_stage(name)
+        return applied
 
-    def _current_stage(self, commit: Commit) -> staging.Stage | None:
+    def _current_stage(self, commit: Commit) -> positions.Stage | None:
         """The stage this commit continues; a stage it cannot continue is discarded first."""
         conn = self._connection()
         name = commit.shape.local_name
-        stage = staging.load(conn, name)
+        stage = positions.load_stage(conn, name)
         if stage is None:
             return None
         handle = commit.checkpoint.handle
         foreign = stage.handle is not None and handle is not None and stage.handle != handle
         if commit.refetch or stage.definition != commit.shape.definition() or foreign:
             # A new snapshot (409, new definition, new handle) never mixes with the old one's rows.
-            staging.clear(conn, name)
+            self._clear_stage(name)
             return None
         return stage
+
+    def _clear_stage(self, name: str) -> None:
+        conn = self._connection()
+        conn.execute('DELETE FROM "_replica_stages" WHERE "name" = ?', (name,))
+        changelog.clear(conn, name)
+        snapshots.drop(conn, name)
 
     # --- status ---
 
     def status(self, name: str | None = None) -> list[ShapeStatus]:
         """Every shape's status (or just ``name``'s), from ``_replica_shapes``, sorted by name."""
         with self._mutex, self._translate("reading status"):
-            return staging.statuses(self._connection(), name)
+            return positions.statuses(self._connection(), name)
 
     def set_state(self, name: str, state: str, error: str | None = None) -> None:
         """Record a shape's state (and error, or clear it) in its own small transaction."""
@@ -256,8 +225,8 @@ class Store:
         """
         with self._mutex, self._translate(f"resetting {name!r}"), self._transaction():
             conn = self._connection()
-            staged = staging.load(conn, name) is not None
-            staging.clear(conn, name)
+            staged = positions.load_stage(conn, name) is not None
+            self._clear_stage(name)
             conn.execute(
                 'UPDATE "_replica_shapes" SET "handle" = NULL, "offset" = NULL, "cursor" = NULL WHERE "name" = ?',
                 (name,),
@@ -273,7 +242,6 @@ class Store:
 
     def close(self) -> None:
         """Close the connection and release the single-writer lock. Safe to call twice."""
-        self._converter.close()
         with self._mutex:
             conn, self._conn = self._conn, None
             try:
@@ -306,19 +274,6 @@ class Store:
                 f"shapes {_describe(other)} and {_describe(shape)} both target the local table "
                 f"{shape.local_name!r}; give one of them another name"
             )
-
-    def _published(self, name: str) -> staging.Published | None:
-        return staging.load_published(self._connection(), name)
-
-    def _check_layout(self, name: str, layout: str, table_schema: TableSchema) -> None:
-        if layout != staging.layout(table_schema):
-            raise StoreError(
-                f"the rows staged for {name!r} were converted with other column types or overrides; "
-                "the snapshot is fetched again"
-            )
-
-    def _table_schema(self, name: str, raw: Mapping[str, Any]) -> TableSchema:
-        return TableSchema.from_electric(raw, self._overrides.get(name))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -1,7 +1,8 @@
 """Synced tables: create or rebuild one from a ``TableSchema``, and write changes into it.
 
 Used only by ``replica.store``, inside its transactions and its apsw-error boundary: nothing here
-commits, and apsw errors propagate to the store, which translates them.
+commits, and apsw errors propagate to the store, which translates them. Bodies of whole-row
+inserts may instead be written by SQLite itself (``replica.fast.write_inserts``).
 
 Apply semantics (Electric's key-map model, redelivery-safe, R3):
   insert  upsert: ``INSERT … ON CONFLICT(pk) DO UPDATE`` the columns present
@@ -15,16 +16,14 @@ Electric's key map.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
 
-from replica.protocol import snapshot as inserts
-from replica.typemap import sql as sqlconvert
-from replica.protocol import wire
 from replica.errors import ProtocolError, ShapeError
+from replica.protocol import wire
 from replica.typemap.schema import (
     SQLValue,
     TableSchema,
@@ -33,7 +32,7 @@ from replica.typemap.schema import (
     quote_ident,
 )
 
-__all__ = ["TableWriter", "Tally", "bulk_write", "ensure_table", "probes", "signature", "table_exists"]
+__all__ = ["TableWriter", "Tally", "ensure_table", "probes", "signature", "table_exists"]
 
 _BATCH = 500  # statements per executemany: long enough to amortise, short enough to bound memory
 _BULK = 5000  # whole-row inserts converted and written per batch
@@ -149,20 +148,13 @@ class TableWriter:
         self._run_sql: str | None = None
         self._run: list[Sequence[SQLValue]] = []
 
-    def apply(
-        self,
-        changes: Iterable[tuple[str, str, Mapping[str, Any]]],
-        tally: Tally,
-        *,
-        converted: bool = False,
-    ) -> None:
+    def apply(self, changes: Iterable[tuple[str, str, Mapping[str, str | None]]], tally: Tally) -> None:
         """Apply (operation, key, value) triples in order; call ``flush`` before reading the table.
 
-        ``converted``: the values are already SQLite values (typed staging), not Postgres text.
-        Runs of whole-row inserts into a keyed table take a bulk path (converted column-wise).
+        Runs of whole-row inserts into a keyed table are converted column by column.
         """
         width = len(self._names)
-        bulk = self._schema.keyed and not converted
+        bulk = self._schema.keyed
         values: list[Mapping[str, Any]] = []
         keys: list[str] = []
         for operation, key, value in changes:
@@ -177,7 +169,7 @@ class TableWriter:
                 self._insert_rows(values, keys, tally)
                 values, keys = [], []
             tally.add(operation, key)
-            row = dict(value) if converted else self._schema.convert_row(value)
+            row = self._schema.convert_row(value)
             statement = self._statement(operation, row)
             if statement is not None:
                 self._queue(*statement)
@@ -191,18 +183,6 @@ class TableWriter:
             tally.add(wire.INSERT, key)
         self.flush()
         self._conn.executemany(self._cached("upsert", self._names, self._upsert_sql), rows)
-
-    def copy_inserts(self, source: str, tally: Tally, keys: Iterable[str]) -> None:
-        """Upsert every row of the typed staging table ``source`` (whole-row inserts) in one statement."""
-        self.flush()
-        columns = ", ".join(f'"c{i}"' for i in range(len(self._names)))
-        self._conn.execute(self.upsert_from(f'SELECT {columns} FROM main.{source} WHERE "seq" > 0 ORDER BY "seq"'))
-        if tally.keep_keys:
-            for key in keys:
-                tally.add(wire.INSERT, key)
-        else:
-            count = self._conn.execute(f'SELECT count(*) FROM main.{source} WHERE "seq" > 0').fetchone()[0]
-            tally.counts[wire.INSERT] += int(count)
 
     def upsert_from(self, select: str) -> str:
         """The upsert of every row ``select`` yields (whole rows in schema order).
@@ -295,42 +275,3 @@ class TableWriter:
             f"INSERT INTO {self._table} ({names}) SELECT {marks} "
             f"WHERE NOT EXISTS (SELECT 1 FROM {self._table} WHERE {self._match()})"
         )
-
-
-def bulk_write(
-    conn: apsw.Connection, changes: inserts.BodyChanges, schema: TableSchema, into: Callable[[str], str], key: str = ""
-) -> bool:
-    """Run ``into(select)``, the select reading ``changes`` from their body; False (nothing written) if it cannot.
-
-    Rows a worker already converted (``changes.converted``) are copied instead. Not for bodies
-    with an escaped NUL (SQLite's ``length()`` and ``GLOB`` stop at one). Any failure
-    — a value only the Python converters can judge refusing, a count that does not match, a NULL
-    key — rolls back, and the Python path takes over and names the problem.
-    """
-    if changes.columns != frozenset(schema.names):
-        return False
-    select = sqlconvert.bulk_select_sql(schema, key)
-    if select is None:
-        return False
-    ready = changes.converted
-    if ready is not None and "s.k" not in key and ready[0] == sqlconvert.bulk_select_sql(schema):
-        # Converted ahead by workers (replica.scratch), which also found no escaped NUL: only the copy is left.
-        statements = [(into(sqlconvert.attached_select(len(schema.names), key, part)), ()) for part in range(ready[1])]
-    elif changes.nul_escapes:
-        return False
-    else:
-        statements = [(into(select), (changes.body.decode("utf-8"),))]
-    conn.execute("SAVEPOINT _replica_bulk")
-    try:
-        written = 0
-        for statement, params in statements:
-            conn.execute(statement, params, can_cache=False)  # a cached statement would keep the body bound
-            written += conn.changes()
-        if written != len(changes):  # e.g. a NULL key (the SELECT leaves those out)
-            raise ValueError("the body holds other changes than were parsed")
-    except Exception:  # the Python path is the reference: it reports what is wrong
-        conn.execute("ROLLBACK TO _replica_bulk")
-        return False
-    finally:
-        conn.execute("RELEASE _replica_bulk")
-    return True

@@ -4,3 +4,9 @@ follow loop per shape and the ``Replica`` supervisor (``replica``), what they re
 May import: every layer below (``typemap``, ``protocol``, ``fast``, ``store``) and the foundation.
 Never imported by: any layer below; ``replica.cli`` and apps use it.
 """
+
+from replica.sync.backoff import Backoff
+from replica.sync.events import SyncEvent
+from replica.sync.replica import Replica
+
+__all__ = ["Backoff", "Replica", "SyncEvent"]

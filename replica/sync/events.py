@@ -1,37 +1,25 @@
-"""What the sync loop reports: each shape's state, and observations for metrics and logs."""
+"""What the sync loop reports to observers (``Replica(observer=…)``): the daemon's metrics, progress and logs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replica.store.store import Applied
+from replica.status import ShapeStatus
+from replica.store.publish import Applied
 
-__all__ = ["ShapeState", "SyncEvent"]
-
-
-@dataclass(frozen=True)
-class ShapeState:
-    """What one shape is doing now. ``state`` is connecting, syncing, live, offline, error or stopped."""
-
-    name: str
-    state: str
-    handle: str | None = None
-    offset: str | None = None
-    rows: int | None = None
-    last_synced_at: float | None = None  # epoch seconds of the last up-to-date
-    error: str | None = None
+__all__ = ["SyncEvent"]
 
 
 @dataclass(frozen=True)
 class SyncEvent:
-    """One observation from a follow loop, for metrics, progress and logs (``Replica(observer=…)``).
+    """One observation from a follow loop.
 
     ``kind`` and the fields it sets:
       ``response``  an HTTP answer arrived: ``status``, ``size`` (body bytes)
       ``refetch``   the server made the shape start over (409 must-refetch, offset out of bounds)
       ``commit``    ``Store.apply`` returned: ``applied`` (staged or published; counts per operation)
       ``retry``     a failure will be retried: ``error``, ``delay`` (seconds)
-      ``state``     the shape's state changed: ``shape`` (the new ShapeState, with its error)
+      ``state``     the shape's state changed: ``shape`` (its new ShapeStatus, with its error)
     """
 
     kind: str
@@ -41,4 +29,4 @@ class SyncEvent:
     applied: Applied | None = None
     error: str | None = None
     delay: float | None = None
-    shape: ShapeState | None = None
+    shape: ShapeStatus | None = None

@@ -18,9 +18,10 @@ import certifi
 import httpcore  # httpx imports it with the first client (~40 ms): here, rather than in a sync
 import httpx
 
-from replica.protocol import wire
+from replica import tuning
 from replica.errors import ConfigError, NetworkError
 from replica.protocol.shapelog import Request, Response
+from replica.redaction import has_secret_param, redact_url
 
 __all__ = ["DEFAULT_LIVE_TIMEOUT", "DEFAULT_TIMEOUT", "fetch", "new_client", "tls_context"]
 
@@ -30,14 +31,14 @@ class _RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                wire.redact_url(str(arg)) if isinstance(arg, httpx.URL) or _has_secret(arg) else arg
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) or _has_secret(arg) else arg
                 for arg in record.args
             )
         return True
 
 
 def _has_secret(value: object) -> bool:
-    return isinstance(value, str) and any(f"{name}=" in value for name in wire.SECRET_PARAMS)
+    return isinstance(value, str) and has_secret_param(value)
 
 
 logging.getLogger("httpx").addFilter(_RedactSecrets())
@@ -112,7 +113,7 @@ def new_client(
     verify = tls if tls is not None else tls_context()
     own = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
     pool = getattr(own, "_pool", None)  # httpx offers no public way to pick the network backend
-    if isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
+    if tuning.large_reads() and isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
         pool._network_backend = _LargeReads(pool._network_backend)
     # verify and limits again: they also configure the transports of proxies named in the environment.
     return httpx.AsyncClient(transport=own, verify=verify, limits=limits, follow_redirects=True)
@@ -123,6 +124,9 @@ READ_SIZE = 1020 * 1024  # just under glibc's 1 MiB mmap threshold (replica.tuni
 
 class _LargeReads(httpcore.AsyncNetworkBackend):
     """httpcore's backend, reading plain TCP streams READ_SIZE bytes at a time rather than 64 KiB.
+
+    Only once ``replica.tuning.tune_process()`` asked for it (the CLI and daemon do): it sets
+    private attributes of httpx's transport and asyncio's socket transport.
 
     A snapshot chunk is ~10 MB, and httpcore, h11 and anyio cost the main thread a fixed amount per
     read: ~35 ms per chunk in 64 KiB reads, 26-40 ms in the 256 KiB asyncio's transport takes per
@@ -207,15 +211,15 @@ async def fetch(
     except httpx.UnsupportedProtocol as exc:
         raise ConfigError(f"url: {exc}; use http:// or https://") from exc
     except httpx.TimeoutException as exc:
-        raise NetworkError(f"timed out after {timeout:g} s waiting for {wire.redact_url(url)}") from exc
+        raise NetworkError(f"timed out after {timeout:g} s waiting for {redact_url(url)}") from exc
     except httpx.TransportError as exc:
         # Connect errors, resets, and bodies cut short (RemoteProtocolError) all mean: resend.
         kind = type(exc).__name__
-        raise NetworkError(f"{kind} talking to {wire.redact_url(url)}: {_safe(exc)}") from exc
+        raise NetworkError(f"{kind} talking to {redact_url(url)}: {_safe(exc)}") from exc
     return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, body)
 
 
 def _safe(exc: Exception) -> str:
     """An httpx error message with any URL's secrets removed."""
     text = str(exc) or type(exc).__name__
-    return "(details withheld: they contain a secret)" if _has_secret(text) else text
+    return "(details withheld: they contain a secret)" if has_secret_param(text) else text

@@ -109,9 +109,11 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
     ``key`` starts the select list: it may name ``s.k``, the message key (unescaping ~30 bytes
     per row costs ~20 % of the work, so it is only extracted when named). None if a column name
     cannot be written as a quoted JSON path label (one with a double quote, backslash or control
-    character): such tables take the Python path. Ends in a WHERE clause: PK columns not NULL.
+    character), or the table has no primary key (its rows are identified by every column, and
+    Electric's key map folds identical ones): such tables take the Python path. Ends in a WHERE
+    clause: PK columns not NULL, which also drops control messages.
     """
-    if any(ch in '"\\' or ch < " " for name in schema.names for ch in name):
+    if not schema.keyed or any(ch in '"\\' or ch < " " for name in schema.names for ch in name):
         return None
     paths = [_literal('$."' + name + '"') for name in schema.names]
     extract = ", ".join(f"m.v ->> {path} AS c{i}" for i, path in enumerate(paths))
@@ -119,23 +121,22 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
     if "s.k" in key:
         extract, each = "m.k, " + extract, "m.value ->> '$.key' AS k, " + each
     converted = ", ".join(column_sql(column, f"s.c{i}") for i, column in enumerate(schema.columns))
-    pk = [schema.names.index(c) for c in schema.pk] if schema.keyed else []
-    present = " AND ".join(f"s.c{i} IS NOT NULL" for i in pk) or "true"
-    # A control message has no values, so a NULL key column already leaves it out; without a key, ask.
-    controls = "" if pk else " WHERE json_type(m.value, '$.key') IS NOT NULL"
+    present = " AND ".join(f"s.c{schema.names.index(c)} IS NOT NULL" for c in schema.pk)
+    # A control message has no values, so its NULL key columns leave it out.
     # LIMIT -1 keeps each subquery from being flattened, so each value is extracted once.
     return (
-        f"SELECT {key}{converted} FROM (SELECT {extract} FROM (SELECT {each} FROM jsonb_each(?1) AS m{controls} "
+        f"SELECT {key}{converted} FROM (SELECT {extract} FROM (SELECT {each} FROM jsonb_each(?1) AS m "
         f"LIMIT -1) AS m LIMIT -1) AS s WHERE {present}"
     )
 
 
 def attached_name(part: int) -> str:
-    """The schema name under which the store attaches part ``part`` of rows converted ahead (replica.scratch)."""
+    """The schema name under which the store attaches part ``part`` of rows converted ahead (replica.fast)."""
     return f"replica_scratch{part}"
 
 
-def attached_select(width: int, key: str, part: int) -> str:
-    """``bulk_select_sql``'s result for part ``part`` of rows already converted and attached, in log order."""
+def attached_select(width: int, key: str, schema_name: str) -> str:
+    """``bulk_select_sql``'s result for rows already converted into the attached database ``schema_name``
+    (``replica.fast``), in log order."""
     columns = ", ".join(f"s.c{i}" for i in range(width))
-    return f"SELECT {key}{columns} FROM {attached_name(part)}.rows AS s WHERE true ORDER BY s.rowid"
+    return f"SELECT {key}{columns} FROM {schema_name}.rows AS s WHERE true ORDER BY s.rowid"

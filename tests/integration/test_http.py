@@ -14,8 +14,9 @@ import httpcore
 import pytest
 from httpcore._backends.anyio import AnyIOStream
 
+from replica import tuning
+from replica.protocol import Request
 from replica.sync import http as replica_http
-from replica.protocol.shapelog import Request
 
 BODY = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB, no two reads alike
 
@@ -46,7 +47,11 @@ def serving(body: bytes) -> Iterator[str]:
         thread.join(5)
 
 
-def test_a_large_body_arrives_whole_read_in_large_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("tuned", [True, False], ids=["tune_process() called", "library defaults"])
+def test_a_large_body_arrives_whole_read_in_large_pieces_once_asked(monkeypatch: pytest.MonkeyPatch, tuned: bool) -> None:
+    """Only after ``tune_process()`` (the CLI and daemon) do clients read ~1 MiB at a time: it sets private
+    attributes of httpx and asyncio, which the library never does on its own."""
+    monkeypatch.setattr(tuning, "_large_reads", tuned)
     # Spy on the network backend's own stream: what it is asked for is what each read becomes.
     asked: list[int] = []
     inner = AnyIOStream.read
@@ -76,6 +81,10 @@ def test_a_large_body_arrives_whole_read_in_large_pieces(monkeypatch: pytest.Mon
     with serving(BODY) as url:
         bodies = anyio.run(main)
     assert bodies == [BODY, BODY]
+    if not tuned:
+        assert set(asked) == {httpcore.AsyncHTTP11Connection.READ_NUM_BYTES}, sorted(set(asked))
+        assert set(received) == {asyncio.selector_events._SelectorSocketTransport.max_size}, sorted(set(received))
+        return
     assert asked and set(asked) == {replica_http.READ_SIZE}, sorted(set(asked))
     assert received and set(received) == {replica_http.READ_SIZE}, sorted(set(received))
     assert replica_http.READ_SIZE > httpcore.AsyncHTTP11Connection.READ_NUM_BYTES  # larger than httpcore's own

@@ -25,7 +25,7 @@ from oracle import expected, local, pk_of
 
 from replica import Backoff, Replica, Shape, connect
 from replica.errors import StoreError
-from replica.protocol.shapelog import Response, ShapeLog
+from replica.protocol import Response, ShapeLog
 from replica.store.store import Store
 from replica.testing import FakeElectric, serve_in_thread
 

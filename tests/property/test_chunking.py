@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from oracle import local
 
-from replica.protocol.shapelog import Response, Shape, ShapeLog
+from replica.protocol import Response, Shape, ShapeLog
 from replica.store.store import Store
 from replica.testing import FakeElectric
 

@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from oracle import expected, local
 
 from replica.errors import ProtocolError, StoreError, TransientError
-from replica.protocol.shapelog import Response, Shape, ShapeLog
+from replica.protocol import Response, Shape, ShapeLog
 from replica.store.store import Store
 from replica.testing import FakeElectric, Fault
 

@@ -1,4 +1,4 @@
-"""The type map in SQL (replica.sqlconvert) stores exactly what the Python converters store.
+"""The type map in SQL (replica.typemap.sql) stores exactly what the Python converters store.
 
 Per value: any text, in any column type, gives the same stored value (type and bits) or the same
 refusal both ways. Per table: a snapshot staged from the raw body (the bulk path) publishes the
@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replica.fast import convert as scratch
-from replica.typemap import sql as sqlconvert
+from replica import fast
 from replica.errors import ProtocolError
-from replica.protocol.shapelog import Checkpoint, Commit, Shape
-from replica.typemap.schema import Column
+from replica.fast import convert as scratch
+from replica.protocol import Change, Checkpoint, Commit, InsertBody, Shape
+from replica.protocol.wire import build_key
 from replica.store.store import Store
-from replica.protocol.snapshot import BodyChanges
-from replica.protocol.wire import Change, build_key
+from replica.typemap import sql as sqlconvert
+from replica.typemap.schema import Column, TableSchema
 
 PROPS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 
@@ -125,27 +125,29 @@ def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: in
              existing: bool = False, ahead: bool = False) -> list[tuple[Any, ...]]:
     """Stage all but ``last`` values, then publish; ``whole``: as the protocol hands on big bodies.
 
-    ``existing``: the table exists first, so the snapshot is a refetch staged typed (replica.staging);
-    otherwise it is the table's first, staged in its own layout (replica.shadow). ``ahead``: each
-    body is converted ahead by the store's workers, in parts (replica.scratch), as the sync loop does.
+    ``existing``: the table exists first, so the snapshot is a refetch; otherwise it is the
+    table's first. Either way it is staged in its own layout (replica.store.snapshots). ``ahead``:
+    each body is converted ahead by workers, in parts (replica.fast), as the sync loop does.
     """
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"] or ""]), v, {"operation": "insert"}) for v in values
     )
     shape = Shape("items")
+    workers = fast.Converter()
     with Store(db) as store:
         if existing:
             first = Change("insert", build_key("public", "items", ["-1"]), {"id": "-1"}, {"operation": "insert"})
             store.apply(Commit(shape, (first,), Checkpoint("h0", "0_inf", None, {"id": SCHEMA["id"]}, True), True))
         for part, up_to_date in ((changes[:-last], False), (changes[-last:], True)):
             checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, SCHEMA, up_to_date)
-            given: Any = BodyChanges(body_of(part), len(part), frozenset(SCHEMA)) if whole else part
-            converted = store.convert_ahead(shape, SCHEMA, given.body) if ahead else None
+            given: Any = InsertBody(body_of(part), len(part), tuple(SCHEMA)) if whole else part
+            converted = workers.start(given.body, TableSchema.from_electric(SCHEMA)) if ahead else None
             store.apply(Commit(shape, given, checkpoint, up_to_date), converted)
         table = store.connection.execute(
             'SELECT typeof(id), id, name, flag, amount, "at", typeof(score), quote(score), tags, doc, "odd name ü" '
             "FROM items ORDER BY id"
         ).fetchall()
+    workers.close()
     return table
 
 
@@ -191,12 +193,12 @@ def test_bad_value_in_a_bulk_body_is_named_nothing_staged(tmp_path: Any, bulk_ca
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"]]), v, {"operation": "insert"}) for v in values
     )
-    whole = BodyChanges(body_of(changes), len(changes), frozenset(SCHEMA))
+    whole = InsertBody(body_of(changes), len(changes), tuple(SCHEMA))
     with Store(str(tmp_path / "db")) as store:
         with pytest.raises(ProtocolError, match="column 'odd name ü' \\(int4\\): cannot store '12abc'"):
             store.apply(Commit(Shape("items"), whole, Checkpoint("h", "0_0", None, SCHEMA, False), False))
-        assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_new_%' "
-                                        "OR name LIKE '_replica_rows_%'").fetchone()[0] == 0
+        assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE '_replica_new_%'"
+                                        ).fetchone()[0] == 0  # the whole step rolled back
     assert bulk_calls == [(False, 0)]  # SQLite tried, the Python converter refused the value, SQLite rolled back
 
 
@@ -237,14 +239,11 @@ def ascii_body_of(changes: tuple[Change, ...]) -> bytes:
 
 
 @pytest.mark.parametrize("ahead", [False, True], ids=["converted by the writer", "converted ahead"])
-@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
 def test_control_messages_in_a_bulk_body_are_left_out(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, bulk_calls: list[tuple[bool, int]], keyed: bool, ahead: bool
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, bulk_calls: list[tuple[bool, int]], ahead: bool
 ) -> None:
-    """A keyed table's SELECT drops a control by its NULL key column, a keyless one asks for the message key."""
+    """The SELECT drops a control message by its NULL key column."""
     monkeypatch.setattr(scratch, "MIN_PART", 0)
-    schema = SCHEMA if keyed else {name: {k: v for k, v in spec.items() if k != "pk_index"}
-                                   for name, spec in SCHEMA.items()}
     values = plain_rows(300, "2024-01-02 03:04:05.123456+00")
     changes = tuple(
         Change("insert", build_key("public", "items", [v["id"]]), v, {"operation": "insert"}) for v in values
@@ -253,15 +252,32 @@ def test_control_messages_in_a_bulk_body_are_left_out(
     messages.insert(100, {"headers": {"control": "snapshot-end", "xmin": "1", "xmax": "2", "xip_list": []}})
     messages.append({"headers": {"control": "up-to-date"}})
     tables = []
+    workers = fast.Converter()
     for bulk in (False, True):
         with Store(str(tmp_path / f"{bulk}.db")) as store:
             for part, up_to_date in ((slice(0, 151), False), (slice(151, None), True)):  # 150 changes each
                 given: Any = changes[:150] if up_to_date is False else changes[150:]
                 if bulk:
-                    given = BodyChanges(json.dumps(messages[part]).encode(), 150, frozenset(schema))
-                converted = store.convert_ahead(Shape("items"), schema, given.body) if bulk and ahead else None
-                checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, schema, up_to_date)
+                    given = InsertBody(json.dumps(messages[part]).encode(), 150, tuple(SCHEMA))
+                table = TableSchema.from_electric(SCHEMA)
+                converted = workers.start(given.body, table) if bulk and ahead else None
+                checkpoint = Checkpoint("h", "0_inf" if up_to_date else "0_0", None, SCHEMA, up_to_date)
                 store.apply(Commit(Shape("items"), given, checkpoint, up_to_date), converted)
             tables.append(store.connection.execute("SELECT * FROM items ORDER BY rowid").fetchall())
+    workers.close()
     assert tables[1] == tables[0] and len(tables[0]) == 300
-    assert len(bulk_calls) == 2 and all(done for done, _ in bulk_calls)  # both bodies took the bulk path
+    assert bulk_calls == [(True, 2 if ahead else 0)] * 2
+
+
+def test_a_keyless_table_takes_the_python_route(tmp_path: Any, bulk_calls: list[tuple[bool, int]]) -> None:
+    """Electric folds a key-less table's identical rows into one key; the Python route does too."""
+    schema = {"a": {"type": "int4"}, "b": {"type": "text"}}
+    values = [{"a": str(i % 50), "b": "x"} for i in range(200)]
+    messages = [{"key": f'"public"."items"/"{v["a"]}"/"x"', "value": v, "headers": {"operation": "insert"}}
+                for v in values]
+    whole = InsertBody(json.dumps(messages).encode(), 200, ("a", "b"))
+    assert sqlconvert.bulk_select_sql(TableSchema.from_electric(schema)) is None
+    with Store(str(tmp_path / "db")) as store:
+        store.apply(Commit(Shape("items"), whole, Checkpoint("h", "0_inf", None, schema, True), True, True))
+        assert store.connection.execute("SELECT count(*) FROM items").fetchone() == (50,)
+    assert bulk_calls == []

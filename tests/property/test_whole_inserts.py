@@ -1,7 +1,7 @@
-"""The snapshot fast path (replica.inserts) accepts exactly what the careful parser accepts.
+"""The snapshot fast path (replica.protocol.snapshot) accepts exactly what the careful parser accepts.
 
 ``ShapeLog.receive`` validates a big body of whole-row inserts with ``parse_whole_inserts`` and
-hands it on as ``BodyChanges``; anything else goes through ``wire.parse_body``. Whatever the body
+hands it on as an ``InsertBody``; anything else goes through ``messages.parse_body``. Whatever the body
 — valid, or broken in one of many ways — both routes give the same outcome: the same error
 message, or commits with the same changes, up-to-date flag and position.
 """
@@ -15,12 +15,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from replica.protocol import snapshot as inserts
-from replica.protocol import shapelog as protocol
-from replica.protocol import wire
 from replica.errors import ReplicaError
-from replica.protocol.snapshot import BodyChanges
-from replica.protocol.shapelog import Response, Shape, ShapeLog
+from replica.protocol import InsertBody, Response, Shape, ShapeLog, wire
+from replica.protocol import shapelog as protocol
+from replica.protocol import snapshot as inserts
+from replica.protocol.messages import header_list
 
 SCHEMA = {"id": {"type": "int8", "pk_index": 0, "not_null": True}, "title": {"type": "text"}, "n": {"type": "int4"}}
 SHAPE = Shape("items")
@@ -124,7 +123,8 @@ def outcome(raw: bytes, monkeypatch: pytest.MonkeyPatch, fast: bool, piece: int 
         return ("error", type(exc).__name__, str(exc))
     if commit is None:
         return ("none", log.offset)
-    return ("commit", list(commit.changes), commit.up_to_date, commit.checkpoint)
+    changes = commit.changes.changes() if isinstance(commit.changes, InsertBody) else list(commit.changes)
+    return ("commit", changes, commit.up_to_date, commit.checkpoint)
 
 
 def _dumps(messages: list[Any]) -> bytes:
@@ -154,10 +154,10 @@ def test_a_body_of_whole_inserts_is_handed_on_as_the_body(monkeypatch: pytest.Mo
     headers = {wire.H_HANDLE: "h-1", wire.H_OFFSET: "0_0", wire.H_SCHEMA: json.dumps(SCHEMA)}
     commit = log.receive(Response(200, headers, raw))
     assert commit is not None and commit.up_to_date
-    assert isinstance(commit.changes, BodyChanges) and commit.changes.body is raw and len(commit.changes) == 3000
-    assert commit.changes[2999] == wire.Change("insert", '"public"."items"/"2999"',
-                                               {"id": "2999", "title": "t", "n": "1"},
-                                               {"operation": "insert", "relation": ["public", "items"]})
+    assert isinstance(commit.changes, InsertBody) and commit.changes.body is raw and commit.changes.count == 3000
+    last = commit.changes.changes()[2999]
+    assert last[:3] == ("insert", '"public"."items"/"2999"', {"id": "2999", "title": "t", "n": "1"})
+    assert header_list(last.headers, "relation") == ["public", "items"]
 
 
 @pytest.mark.parametrize("title", ["t", "x},{"])
@@ -181,8 +181,8 @@ def test_a_body_read_in_pieces_is_still_handed_on_whole(monkeypatch: pytest.Monk
     log.next_request()
     headers = {wire.H_HANDLE: "h-1", wire.H_OFFSET: "0_0", wire.H_SCHEMA: json.dumps(SCHEMA)}
     commit = log.receive(Response(200, headers, raw))
-    assert commit is not None and commit.up_to_date and isinstance(commit.changes, BodyChanges)
-    assert len(commit.changes) == 3000 and commit.changes[2999].value["title"] == title
+    assert commit is not None and commit.up_to_date and isinstance(commit.changes, InsertBody)
+    assert commit.changes.count == 3000 and commit.changes.changes()[2999].value["title"] == title
     if title == "t":
         assert len(reads) >= 100 and max(reads) < len(raw) // 50  # in pieces: none read whole
     else:

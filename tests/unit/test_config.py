@@ -11,7 +11,7 @@ import pytest
 
 from replica.cli.config import DEFAULT_HOST, DEFAULT_PORT, load_config, parse_config, parse_listen, schema
 from replica.errors import ConfigError
-from replica.protocol.shapelog import Shape
+from replica.protocol import Shape
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"url": "http://127.0.0.1:3000/v1/shape", "database": "app.db", "shapes": [{"table": "items"}]}
@@ -28,7 +28,7 @@ def test_defaults() -> None:
     assert config.shapes == (Shape("items"),)
     assert config.listen == (DEFAULT_HOST, DEFAULT_PORT) == ("127.0.0.1", 9470)
     assert (config.log_format, config.log_level, config.progress_interval) == ("text", "info", 10.0)
-    assert config.secret is None and config.headers == {} and config.overrides == {}
+    assert config.secret is None and config.headers == {}
 
 
 def test_every_key() -> None:
@@ -47,8 +47,7 @@ def test_every_key() -> None:
     config = parse(raw)
     assert config.database == Path("/var/lib/replica/app.db")
     assert config.shapes == (Shape("public.items", where="status = $1", params={"1": "open"}, columns=("id", "price"),
-                                   replica="full", name="open_items"),)
-    assert config.overrides == {"open_items": {"price": "real"}}
+                                   replica="full", name="open_items", types={"price": "real"}),)
     assert config.secret is not None and config.secret.value() == "s3cret" and not config.secret.dynamic
     assert config.headers["X-Tenant"].value() == "acme"
     assert config.listen == ("0.0.0.0", 9000)

@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from replica import Backoff, Replica, connect
 from replica.protocol import wire
+from replica.protocol.messages import Change, Control, parse_body
 from replica.errors import ConfigError, ProtocolError, ReplicaError, ShapeError, StoreError
-from replica.protocol.shapelog import Response, Shape, ShapeLog
+from replica.protocol import Response, Shape, ShapeLog
 from replica.store.store import Store
 
 HANDLE = "h-1"
@@ -546,10 +547,10 @@ headers_strategy = st.fixed_dictionaries(
 @given(raw=bodies)
 def test_fuzz_parse_body_returns_messages_or_a_protocol_error(raw: bytes) -> None:
     try:
-        messages = wire.parse_body(raw)
+        messages = parse_body(raw)
     except ProtocolError:
         return
-    assert all(isinstance(m, (wire.Change, wire.Control)) for m in messages)
+    assert all(isinstance(m, (Change, Control)) for m in messages)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,22 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import anyio
 
 import pytest
 
-from replica.cli.logs import FailureLog, Progress, Redactor, setup_logging
+import httpx
+
+from replica import Backoff, Replica, Shape, SyncEvent
+from replica.cli.logs import FailureLog, Progress, setup_logging
+from replica.redaction import Redactor
+from replica.testing import FakeElectric, Fault
+
+
+QUICK = Backoff(initial=0.001, cap=0.01)
 
 
 class Clock:
@@ -53,19 +65,41 @@ def test_every_line_is_redacted_including_tracebacks(stream: io.StringIO, fmt: s
         assert [line["level"] for line in lines] == ["info", "error"] and "exception" in lines[1]
 
 
-def test_the_sync_loops_retry_warnings_give_way_to_the_failure_log(stream: io.StringIO) -> None:
+def test_the_sync_loops_retry_warnings_give_way_to_the_failure_log(stream: io.StringIO, tmp_path: Any) -> None:
+    """A real Replica retries five 503s; the daemon's logging shows the failure once and its recovery."""
+    fake = FakeElectric(long_poll_timeout=0.2)
+    fake.create_table("items", {"id": {"type": "int4", "pk_index": 0, "not_null": True}})
+    fake.faults.add(Fault("status", status=503, times=5))
     setup_logging(Redactor(), stream=stream)
-    record = logging.LogRecord("replica", logging.WARNING, "sync.py", 1, "shape x: boom (retry 1)", None, None,
-                               func="_follow")
-    logging.getLogger("replica").handle(record)
-    logging.getLogger("replica").warning("other warnings stay")
-    assert stream.getvalue().count("\n") == 1 and "other warnings stay" in stream.getvalue()
+    failures = FailureLog()
+
+    def observe(event: SyncEvent) -> None:  # what the daemon does with these events
+        if event.kind == "retry":
+            failures.failed(event.name, event.error or "")
+        elif event.kind == "state" and event.shape is not None and event.shape.state == "live":
+            failures.recovered(event.name)
+
+    retries: list[logging.LogRecord] = []
+    counter = logging.Handler()
+    counter.emit = retries.append  # type: ignore[method-assign]
+    logging.getLogger("replica.retry").addHandler(counter)
+    replica = Replica(tmp_path / "a.db", "http://fake/v1/shape", Shape("items"), observer=observe, backoff=QUICK,
+                      transport=httpx.MockTransport(fake.handler))
+    try:
+        anyio.run(partial(replica.run, once=True))
+    finally:
+        logging.getLogger("replica.retry").removeHandler(counter)
+    assert len(retries) == 5  # the sync loop did warn every time…
+    lines = stream.getvalue().splitlines()
+    assert not [line for line in lines if "(retry " in line]  # …but not on the daemon's stream,
+    assert len([line for line in lines if "503" in line and "retrying with backoff" in line]) == 1  # once,
+    assert lines[-1].endswith("shape items: recovered after 5 errors")  # then its recovery
 
 
 def test_a_failure_is_logged_once_then_summarised_then_recovered(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     failures = FailureLog(interval=60, clock=clock)
-    caplog.set_level(logging.INFO, logger="replica.cli.daemon")
+    caplog.set_level(logging.INFO, logger="replica.daemon")
     for second in range(0, 150, 5):  # 30 errors over 150 s
         clock.now = second
         failures.failed("items", f"503 #{second}")

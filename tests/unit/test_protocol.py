@@ -9,7 +9,8 @@ import pytest
 
 from replica.protocol import wire
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
-from replica.protocol.shapelog import Checkpoint, Response, Shape, ShapeLog
+from replica.protocol import Checkpoint, Response, Shape, ShapeLog
+from replica.typemap.schema import TableSchema
 
 SCHEMA = {"id": {"type": "int4", "pk_index": 0, "not_null": True}, "title": {"type": "text"}}
 SHAPE = Shape("items")
@@ -276,15 +277,31 @@ def test_definition_binds_every_server_side_field() -> None:
     assert Shape("items", where="a = $1", params={"1": "x"}, name="local").definition() == base.definition()
 
 
-def test_snapshot_schema_names_the_schema_a_snapshot_chunk_would_be_read_with() -> None:
-    # What the sync loop converts ahead with (replica.scratch): only for bodies receive may take as a snapshot chunk.
+def test_ahead_hears_of_a_snapshot_chunk_once_its_headers_are_accepted_and_before_it_is_validated() -> None:
+    # What the sync loop converts ahead (replica.fast): only bodies receive may take as a snapshot chunk.
     big = [INSERT] * 400
+
+    def heard(log: ShapeLog, response: Response) -> list[tuple[bytes, object]]:
+        calls: list[tuple[bytes, object]] = []
+        try:
+            log.receive(response, ahead=lambda body, table: calls.append((body, table)))
+        except ProtocolError:
+            pass
+        return calls
+
     initial, syncing, live = make_log("initial"), make_log("syncing"), make_log("live")
     fresh = ok(initial, big)
     assert len(fresh.body) >= 16 * 1024
-    assert initial.snapshot_schema(fresh) == SCHEMA  # from the header: the log has no schema yet
-    assert syncing.snapshot_schema(ok(syncing, big, drop=(wire.H_SCHEMA,))) == SCHEMA  # the log's own
-    assert syncing.snapshot_schema(ok(syncing, [INSERT])) is None  # too small to be a chunk
-    assert live.snapshot_schema(ok(live, big)) is None  # a live answer is changes
-    assert initial.snapshot_schema(Response(409, fresh.headers, fresh.body)) is None
-    assert initial.offset == "-1" and initial.schema is None  # asking changed nothing
+    [(body, table)] = heard(initial, fresh)  # the schema from the header: the log had none yet
+    assert body is fresh.body and table == TableSchema.from_electric(SCHEMA) and initial.table == table
+    assert len(heard(syncing, ok(syncing, big, drop=(wire.H_SCHEMA,)))) == 1  # the log's own schema
+    assert heard(make_log("syncing"), ok(make_log("syncing"), [INSERT])) == []  # too small to be a chunk
+    assert heard(live, ok(live, big)) == []  # a live answer is changes
+    assert heard(make_log("initial"), Response(409, fresh.headers, fresh.body)) == []
+    bad = make_log("syncing")
+    assert heard(bad, ok(bad, [*big, {"key": 5}], offset="0_1")) != [] and bad.offset == "0_0"  # then refused
+    broken = make_log("initial")
+    assert heard(broken, Response(200, {**fresh.headers, wire.H_SCHEMA: "{"}, fresh.body)) == []  # headers first
+    typed = ShapeLog(Shape("items", types={"id": "text"}))
+    [(_, table)] = heard(typed, ok(typed, big))
+    assert table.columns[0].declared_type == "TEXT"  # read with the shape's own column types

@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 import tracemalloc
 from collections.abc import Iterator, Mapping
 from contextlib import closing
@@ -18,9 +19,10 @@ import apsw
 import pytest
 
 from replica.errors import ProtocolError, ShapeError, StoreError
-from replica.protocol.shapelog import Checkpoint, Commit, Shape
+from replica.protocol import Checkpoint, Commit, Shape
 from replica.store.store import STATE_SQL, Store
-from replica.protocol.wire import Change, build_key
+from replica.protocol import Change
+from replica.protocol.wire import build_key
 
 ITEMS = Shape("items")
 SCHEMA: dict[str, Any] = {
@@ -280,7 +282,7 @@ def test_staged_changes_are_invisible_until_published(store: Store, db_path: Pat
         published = store.apply(commit([change("update", 3, n="3")], "0_inf", handle="h2"))
         assert reader.execute("SELECT * FROM items ORDER BY id").fetchall() == [(1, "new one", None), (3, "three", 3)]
     assert published.refetch and published.published and published.keys == {}
-    assert (published.inserted, published.updated, published.rows) == (2, 1, 2)
+    assert (published.inserted, published.updated, published.rows) == (2, 0, 2)  # a snapshot: inserted = its rows
     assert store.checkpoint(ITEMS) == Checkpoint("h2", "0_inf", None, SCHEMA, True)
     assert store.status("items")[0].staged == 0
 
@@ -465,8 +467,7 @@ def test_status_and_set_state(store: Store) -> None:
     store.set_state("items", "error", "boom")
     [status] = store.status("items")
     assert (status.state, status.error, status.rows, status.offset) == ("error", "boom", 2, "0_inf")
-    assert status.last_synced_at is not None and status.last_synced_at.endswith("+00:00")
-    assert status.definition == ITEMS.definition()
+    assert status.last_synced_at is not None and abs(status.last_synced_at - time.time()) < 60
     store.set_state("items", "live")
     assert store.status("items")[0].error is None
     assert store.status("nope") == []

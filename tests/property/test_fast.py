@@ -1,4 +1,4 @@
-"""Rows converted ahead (replica.scratch): cut only between messages, used only for their own body.
+"""Rows converted ahead (replica.fast): cut only between messages, used only for their own body.
 
 ``split`` is allowed to guess: its guarantee is that every part is valid JSON only when the cut
 fell between elements, so a wrong guess makes a conversion fail rather than convert other rows.
@@ -16,14 +16,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from replica.protocol import framing as cuts
-from replica.fast import convert as scratch
+from replica import fast
 from replica.errors import ProtocolError
-from replica.protocol.snapshot import BodyChanges
-from replica.protocol.shapelog import Checkpoint, Commit, Shape
-from replica.typemap.schema import TableSchema
-from replica.store.store import Store
+from replica.fast import convert as scratch
+from replica.protocol import Checkpoint, Commit, InsertBody, Shape
+from replica.protocol import framing as cuts
 from replica.protocol.wire import build_key
+from replica.store.store import Store
+from replica.typemap.schema import TableSchema
 
 SQLITE = apsw.Connection(":memory:")
 _tricky = st.sampled_from(['},{"', '}, {"key"', '"},{"', "}", "{", "[", "]", ",", '\\"', "x"])
@@ -96,12 +96,15 @@ def test_messages_are_cut_into_halves_then_pieces_and_small_bodies_kept_whole() 
 SCHEMA = {"id": {"type": "int8", "pk_index": 0, "not_null": True}, "n": {"type": "int4"}}
 
 
-def changes_of(rows: range, bad: int | None = None) -> BodyChanges:
+TABLE = TableSchema.from_electric(SCHEMA)
+
+
+def changes_of(rows: range, bad: int | None = None) -> InsertBody:
     body = json.dumps([
         {"key": build_key("public", "items", [str(i)]), "value": {"id": str(i), "n": "x1" if i == bad else str(i)},
          "headers": {"operation": "insert"}} for i in rows
     ]).encode()
-    return BodyChanges(body, len(rows), frozenset(SCHEMA))
+    return InsertBody(body, len(rows), tuple(SCHEMA))
 
 
 @pytest.fixture
@@ -110,28 +113,53 @@ def spy(bulk_calls: list[tuple[bool, int]], monkeypatch: pytest.MonkeyPatch) -> 
     return bulk_calls
 
 
-def publish(store: Store, changes: BodyChanges, ahead: scratch.Ahead | None) -> None:
-    """Stage ``changes`` (a table's first snapshot, so into its shadow), then publish them."""
-    store.apply(Commit(Shape("items"), changes, Checkpoint("h", "0_0", None, SCHEMA, False), False), ahead)
+@pytest.fixture
+def converter() -> Any:
+    workers = fast.Converter()
+    yield workers
+    workers.close()
+
+
+def publish(store: Store, changes: InsertBody, conversion: fast.Conversion | None, table: TableSchema = TABLE) -> None:
+    """Stage ``changes`` (a table's first snapshot), then publish them."""
+    store.apply(Commit(Shape("items"), changes, Checkpoint("h", "0_0", None, SCHEMA, False), False, True, table),
+                conversion)
     store.apply(Commit(Shape("items"), (), Checkpoint("h", "0_inf", None, SCHEMA, True), True))
 
 
-def test_a_conversion_is_used_only_for_the_commit_of_its_own_body(tmp_path: Any, spy: list[tuple[bool, int]]) -> None:
+def test_a_conversion_is_used_only_for_the_commit_of_its_own_body(
+    tmp_path: Any, spy: list[tuple[bool, int]], converter: fast.Converter
+) -> None:
     with Store(str(tmp_path / "a.db")) as store:
         twin = changes_of(range(1, 301))  # the same bytes, another body
-        publish(store, changes_of(range(1, 301)), store.convert_ahead(Shape("items"), SCHEMA, twin.body))
+        publish(store, changes_of(range(1, 301)), converter.start(twin.body, TABLE))
         assert store.connection.execute("SELECT count(*), sum(n) FROM items").fetchone() == (300, 45150)
         attached = [row[1] for row in store.connection.execute("PRAGMA database_list")]
         assert not [name for name in attached if name.startswith("replica_scratch")]  # nothing left attached
     assert spy == [(True, 0)]  # converted by the writer: the conversion was not for this body
 
 
-def test_a_bad_value_in_one_part_is_named_by_the_python_route(tmp_path: Any, spy: list[tuple[bool, int]]) -> None:
+def test_a_conversion_is_used_only_with_the_table_it_was_made_for(
+    tmp_path: Any, spy: list[tuple[bool, int]], converter: fast.Converter
+) -> None:
+    with Store(str(tmp_path / "a.db")) as store:
+        changes = changes_of(range(1, 301))
+        other = TableSchema.from_electric(SCHEMA, {"n": "text"})
+        publish(store, changes, converter.start(changes.body, other))  # e.g. types changed meanwhile
+        assert spy == [(True, 0)]
+    with Store(str(tmp_path / "b.db")) as store:
+        publish(store, changes, converter.start(changes.body, TABLE))
+        assert spy[-1] == (True, 2)  # the same body and table: only copied
+
+
+def test_a_bad_value_in_one_part_is_named_by_the_python_route(
+    tmp_path: Any, spy: list[tuple[bool, int]], converter: fast.Converter
+) -> None:
     with Store(str(tmp_path / "a.db")) as store:
         changes = changes_of(range(1, 301), bad=250)
-        ahead = store.convert_ahead(Shape("items"), SCHEMA, changes.body)
+        conversion = converter.start(changes.body, TABLE)
         with pytest.raises(ProtocolError, match="column 'n' \\(int4\\): cannot store 'x1'"):
-            publish(store, changes, ahead)
+            publish(store, changes, conversion)
         assert store.connection.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'items'").fetchone() == (0,)
     assert spy == [(False, 0)]  # the second half failed, so neither was used, and SQLite refused it too
 
@@ -140,7 +168,7 @@ def test_a_part_converted_in_pieces_keeps_log_order(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(scratch, "PIECE", 1024)
     body = changes_of(range(300, 0, -1)).body  # descending ids: any order but the body's would show
     assert len(cuts.pieces(body, 0, len(body), scratch.PIECE)) > 10
-    converted = scratch.convert(body, 0, len(body), TableSchema.from_electric(SCHEMA))
+    converted = scratch.convert(body, 0, len(body), TABLE)
     assert converted is not None
     reader = apsw.Connection(converted.uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     try:
@@ -150,36 +178,29 @@ def test_a_part_converted_in_pieces_keeps_log_order(monkeypatch: pytest.MonkeyPa
         converted.close()
 
 
-def test_a_closed_store_converts_nothing_ahead(tmp_path: Any) -> None:
-    store = Store(str(tmp_path / "a.db"))
-    store.close()
-    assert store.convert_ahead(Shape("items"), SCHEMA, changes_of(range(1, 301)).body) is None
+def test_a_closed_converter_converts_nothing_ahead() -> None:
+    workers = fast.Converter()
+    workers.close()
+    assert workers.start(changes_of(range(1, 301)).body, TABLE) is None
 
 
 def test_parts_that_cannot_be_attached_leave_the_writer_its_own_route(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, converter: fast.Converter
 ) -> None:
     monkeypatch.setattr(scratch, "MIN_PART", 0)
     with Store(str(tmp_path / "a.db")) as store:
         changes, conn = changes_of(range(1, 301)), store.connection
 
         def parts() -> list[scratch.Converted] | None:
-            ahead = store.convert_ahead(Shape("items"), SCHEMA, changes.body)
-            return ahead.result_for(changes) if ahead is not None else None
+            conversion = converter.start(changes.body, TABLE)
+            return conversion.parts_for(changes, TABLE) if conversion is not None else None
 
         conn.execute("ATTACH ':memory:' AS replica_scratch1")  # e.g. left by a DETACH that failed
-        with scratch.attached(conn, changes, parts()):
-            assert changes.converted is None
+        with fast.attached(conn, parts()) as attached:
+            assert attached is None
             assert [row[1] for row in conn.execute("PRAGMA database_list")][-1] == "replica_scratch1"  # part 0 undone
         conn.execute("DETACH replica_scratch1")
-        with scratch.attached(conn, changes, parts()):
-            assert changes.converted is not None and changes.converted[1] == 2
+        with fast.attached(conn, parts()) as attached:
+            assert attached is not None and len(attached.names) == 2
             assert conn.execute("SELECT count(*) FROM replica_scratch1.rows").fetchone()[0] > 100
-        assert changes.converted is None
         assert not [row for row in conn.execute("PRAGMA database_list") if row[1].startswith("replica_scratch")]
-
-
-def test_a_schema_the_store_cannot_use_is_left_for_apply_to_report(tmp_path: Any) -> None:
-    with Store(str(tmp_path / "a.db")) as store:
-        assert store.convert_ahead(Shape("items"), {"id": {"type": "int8", "dims": "x"}}, b"[]") is None
-        assert store.convert_ahead(Shape("items"), None, b"[]") is None

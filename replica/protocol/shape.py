@@ -1,0 +1,115 @@
+"""``Shape``: what to sync — a table, optionally filtered and projected — and how it is stored locally."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from replica.errors import ConfigError
+from replica.protocol import wire
+from replica.typemap.schema import OVERRIDES
+
+__all__ = ["Shape"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What to sync: a table, optionally filtered (``where`` + ``params``) and projected (``columns``).
+
+    ``name`` is the local SQLite table; by default the table part of ``table`` (no schema, no
+    quotes). ``types`` overrides how columns are stored: ``{"price": "real"}`` stores a numeric as
+    a float (lossy), ``"text"`` keeps any column's value exactly as sent. ``params`` and ``types``
+    may be given as mappings; they are kept as sorted tuples, so a Shape is hashable.
+    """
+
+    table: str
+    where: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    columns: tuple[str, ...] | None = None
+    replica: str = wire.REPLICA_DEFAULT
+    name: str | None = None
+    types: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", _pairs(self.params))
+        object.__setattr__(self, "types", tuple(sorted(_pairs(self.types))))
+        if self.columns is not None and not isinstance(self.columns, tuple):
+            object.__setattr__(self, "columns", tuple(self.columns))
+        self.validate()
+
+    def validate(self) -> None:
+        try:
+            wire.parse_table(self.table)
+        except ValueError as exc:
+            raise ConfigError(f"table: {exc}") from None
+        if self.replica not in (wire.REPLICA_DEFAULT, wire.REPLICA_FULL):
+            raise ConfigError(f"replica: must be 'default' or 'full', got {self.replica!r}")
+        numbers = [k for k, _ in self.params]
+        if any(not k.isdigit() for k in numbers):
+            raise ConfigError(f"params: keys must be the numbers of $n placeholders, got {numbers}")
+        if sorted(int(k) for k in numbers) != list(range(1, len(numbers) + 1)):
+            raise ConfigError(f"params: must be numbered 1..n without gaps, got {numbers}")
+        if self.params and not self.where:
+            raise ConfigError("params: given without a where clause that uses them")
+        if self.where is not None and _has_subquery(self.where):
+            raise ConfigError("where: subqueries (SELECT …) are not supported by replica yet")
+        if self.columns is not None and not self.columns:
+            raise ConfigError("columns: must list at least one column (and every primary-key column)")
+        for column, kind in self.types:
+            if kind not in OVERRIDES:
+                raise ConfigError(f"types.{column}: must be one of {sorted(OVERRIDES)}, got {kind!r}")
+        if not self.local_name:
+            raise ConfigError("name: the local table name must not be empty")
+
+    @property
+    def local_name(self) -> str:
+        return self.name if self.name is not None else wire.parse_table(self.table)[1]
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """``types`` as a dict: column → "real" | "text"."""
+        return dict(self.types)
+
+    def query_params(self) -> list[tuple[str, str]]:
+        """The shape-defining query parameters, in a stable order."""
+        query = [(wire.P_TABLE, self.table)]
+        if self.where:
+            query.append((wire.P_WHERE, self.where))
+        for number, value in sorted(self.params, key=lambda kv: int(kv[0])):
+            query.append((f"{wire.P_PARAMS}[{number}]", value))
+        if self.columns is not None:
+            query.append((wire.P_COLUMNS, ",".join(wire.quote_pg_ident(c) for c in self.columns)))
+        if self.replica != wire.REPLICA_DEFAULT:
+            query.append((wire.P_REPLICA, self.replica))
+        return query
+
+    def definition(self) -> str:
+        """Canonical text of the server-side definition; a checkpoint is only valid for it (R8).
+
+        ``types`` are local (how values are stored), not part of it.
+        """
+        schema, table = wire.parse_table(self.table)
+        return json.dumps(
+            {
+                "table": [schema, table],
+                "where": self.where,
+                "params": dict(sorted(self.params, key=lambda kv: int(kv[0]))),
+                "columns": list(self.columns) if self.columns is not None else None,
+                "replica": self.replica,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+
+def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((str(k), str(v)) for k, v in items)
+
+
+def _has_subquery(where: str) -> bool:
+    # A rough but safe test: SELECT as a word outside string literals.
+    outside = "".join(part for i, part in enumerate(where.split("'")) if i % 2 == 0)
+    return "select" in outside.lower().replace("(", " ").split()

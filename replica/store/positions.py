@@ -1,0 +1,237 @@
+"""replica's bookkeeping: where each shape stands (its published position and status) and the
+stage of a snapshot or burst that has not reached up-to-date yet.
+
+``STATE_SQL`` is the DDL (``schemas/state.sql`` byte for byte). Rows that wait for up-to-date
+live in one of two places, chosen by what publishing will do with them:
+
+* a snapshot (a first sync, a 409 refetch, a new definition) replaces every row, so it is staged
+  in ``_replica_new_<name>``, a table of the final layout, and changes apply to it in place
+  (``replica.store.snapshots``);
+* a burst extends the published rows, so its changes wait in log order in ``_replica_staging``
+  and are applied on top of the table at publish (``replica.store.changelog``).
+
+Used only inside the store's transactions and its apsw-error boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from replica.protocol import wire
+from replica.protocol.shapelog import Commit
+from replica.status import ShapeStatus, parse_time
+from replica.typemap.schema import quote_ident
+
+__all__ = [
+    "STATE_SQL",
+    "Published",
+    "Stage",
+    "drop_legacy_stages",
+    "dump_schema",
+    "is_redelivery",
+    "load_published",
+    "load_schema",
+    "load_stage",
+    "save_stage",
+    "statuses",
+]
+
+# Must equal schemas/state.sql byte for byte (tests/unit/test_store.py checks).
+STATE_SQL = """-- replica's own bookkeeping tables (design.md §8). Every name starts with _replica.
+-- replica.store.positions.STATE_SQL is this text; tests/unit/test_store.py checks both the text
+-- and the tables a new Store creates.
+
+-- One row per local table: the published position, written in the same transaction as the rows
+-- (R1), and the status. definition/schema describe the rows now visible; handle/offset NULL
+-- means there is no position to resume from (never published, or reset): the next publish
+-- replaces every row.
+CREATE TABLE IF NOT EXISTS "_replica_shapes" (
+    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+    "definition" TEXT,
+    "handle" TEXT,
+    "offset" TEXT,
+    "cursor" TEXT,
+    "schema" TEXT,
+    "state" TEXT NOT NULL DEFAULT 'stopped',
+    "last_synced_at" TEXT,
+    "rows" INTEGER NOT NULL DEFAULT 0,
+    "error" TEXT
+);
+
+-- A snapshot or burst still arriving: the position to resume from (a crash resumes mid-snapshot),
+-- and whether publishing it replaces every row of the table (refetch). Its rows wait in one place:
+--   refetch = 1: a snapshot, in "_replica_new_<name>", a table created with the synced table's
+--                own DDL (columns, types, primary key) and changed in place as the snapshot
+--                arrives; at publish it is renamed into place (a new table) or copied over the
+--                old rows (an existing table, whose indexes and triggers stay), then dropped;
+--   refetch = 0: changes on top of the published rows, in "_replica_staging" below.
+CREATE TABLE IF NOT EXISTS "_replica_stages" (
+    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+    "definition" TEXT NOT NULL,
+    "handle" TEXT,
+    "offset" TEXT NOT NULL,
+    "cursor" TEXT,
+    "schema" TEXT,
+    "refetch" INTEGER NOT NULL,
+    "changes" INTEGER NOT NULL DEFAULT 0
+);
+
+-- The staged changes of a burst in log order (seq), raw as received; applied at publish (R2, R10).
+CREATE TABLE IF NOT EXISTS "_replica_staging" (
+    "seq" INTEGER PRIMARY KEY,
+    "name" TEXT NOT NULL COLLATE NOCASE,
+    "operation" TEXT NOT NULL,
+    "key" TEXT NOT NULL,
+    "value" TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "_replica_staging_name" ON "_replica_staging" ("name", "seq");
+"""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A staging position: where the unfinished snapshot or burst stands, and what it will do."""
+
+    definition: str
+    handle: str | None
+    offset: str
+    cursor: str | None
+    schema: Mapping[str, Any] | None
+    refetch: bool
+    changes: int = 0
+
+
+@dataclass(frozen=True)
+class Published:
+    """The published position of a local table (a row of ``_replica_shapes``)."""
+
+    definition: str | None
+    handle: str | None
+    offset: str | None
+    cursor: str | None
+    schema: Mapping[str, Any] | None
+    rows: int
+
+    def position(self) -> tuple[str | None, str | None, str | None]:
+        return self.definition, self.handle, self.offset
+
+    def continued_by(self, definition: str, handle: str | None) -> bool:
+        """True if changes for (definition, handle) extend these rows rather than replace them."""
+        return (
+            self.offset is not None
+            and self.definition == definition
+            and (self.handle is None or handle is None or self.handle == handle)
+        )
+
+
+def statuses(conn: apsw.Connection, name: str | None = None) -> list[ShapeStatus]:
+    """Every shape's stored status (or just ``name``'s), sorted by name. Works on a read-only connection."""
+    query = (
+        'SELECT s."name", s."state", s."handle", s."offset", s."rows", s."last_synced_at", s."error", '
+        'coalesce(g."changes", 0) FROM "_replica_shapes" AS s LEFT JOIN "_replica_stages" AS g ON g."name" = s."name"'
+    )
+    args: tuple[str, ...] = ()
+    if name is not None:
+        query += ' WHERE s."name" = ?'
+        args = (name,)
+    return [
+        ShapeStatus(str(row[0]), str(row[1]), row[2], row[3], int(row[4]), parse_time(row[5]), row[6], int(row[7]))
+        for row in conn.execute(query + ' ORDER BY s."name"', args)
+    ]
+
+
+def load_published(conn: apsw.Connection, name: str) -> Published | None:
+    row = conn.execute(
+        'SELECT "definition", "handle", "offset", "cursor", "schema", "rows" FROM "_replica_shapes" WHERE "name" = ?',
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    definition, handle, offset, cursor, schema, rows = row
+    return Published(definition, handle, offset, cursor, load_schema(schema), int(rows))
+
+
+def dump_schema(schema: Mapping[str, Any] | None) -> str | None:
+    # Key order is kept: it is the table's column order.
+    return None if schema is None else json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+
+
+def load_schema(text: str | None) -> Mapping[str, Any] | None:
+    return None if text is None else json.loads(text)
+
+
+def load_stage(conn: apsw.Connection, name: str) -> Stage | None:
+    row = conn.execute(
+        'SELECT "definition", "handle", "offset", "cursor", "schema", "refetch", "changes" '
+        'FROM "_replica_stages" WHERE "name" = ?',
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    definition, handle, offset, cursor, schema, refetch, changes = row
+    return Stage(definition, handle, offset, cursor, load_schema(schema), bool(refetch), int(changes))
+
+
+def save_stage(conn: apsw.Connection, name: str, stage: Stage) -> None:
+    conn.execute(
+        'INSERT OR REPLACE INTO "_replica_stages" '
+        '("name", "definition", "handle", "offset", "cursor", "schema", "refetch", "changes") '
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            name,
+            stage.definition,
+            stage.handle,
+            stage.offset,
+            stage.cursor,
+            dump_schema(stage.schema),
+            int(stage.refetch),
+            stage.changes,
+        ),
+    )
+
+
+def drop_legacy_stages(conn: apsw.Connection) -> list[str]:
+    """Forget stages an older replica kept in ``_replica_rows_<name>`` (typed staging, since replaced):
+    those shapes resume from their published position, or fetch their snapshot again."""
+    tables = [str(r[0]) for r in conn.execute(
+        "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name LIKE '\\_replica\\_rows\\_%' ESCAPE '\\'"
+    )]
+    names = [table.removeprefix("_replica_rows_") for table in tables]
+    for table, name in zip(tables, names, strict=True):
+        conn.execute(f"DROP TABLE main.{quote_ident(table)}")
+        conn.execute('DELETE FROM "_replica_stages" WHERE "name" = ?', (name,))
+        conn.execute('DELETE FROM "_replica_staging" WHERE "name" = ?', (name,))
+    return names
+
+
+def is_redelivery(
+    commit: Commit, stage: Stage | None, published: tuple[str | None, str | None, str | None] | None
+) -> bool:
+    """True if ``commit`` repeats a position already stored for the same definition and handle (R3).
+
+    ``published`` is (definition, handle, offset) of the published position, if any. Positions
+    within one handle are immutable, so an older commit carries nothing new.
+    """
+    if commit.refetch:
+        return False
+    if stage is not None:
+        position: tuple[str | None, str | None, str | None] = (stage.definition, stage.handle, stage.offset)
+    elif published is not None and published[2] is not None:
+        position = published
+    else:
+        return False
+    definition, handle, offset = position
+    if definition != commit.shape.definition() or handle is None or handle != commit.checkpoint.handle:
+        return False
+    try:
+        new, old = wire.Offset.parse(commit.checkpoint.offset), wire.Offset.parse(offset or "")
+    except ValueError:
+        return False
+    # Two staging steps never share an offset (the server advances, or the protocol refuses), so
+    # an equal one is a redelivery; an equal publish may carry a new cursor and is applied again.
+    return new < old or (new == old and stage is not None and not commit.up_to_date)

@@ -1,0 +1,244 @@
+"""One shape's follow loop: request, receive, write, report — and recover from every failure.
+
+``follow`` runs a ``ShapeLog`` against the server until cancelled (or, ``once``, until up to
+date). Each response goes to the protocol, which decides what it is before anything converts it;
+a snapshot chunk is converted ahead on worker threads (``replica.fast``) and staged in the
+writer thread while the next one downloads (``InFlight``). Errors follow ``replica.errors``:
+transient ones are resent after a backoff, protocol and store errors rebuild the log from the
+stored checkpoint, a refusal stops this shape only (R7). Everything it reports goes through the
+``Host`` (the ``Replica``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Protocol, TypeVar
+
+import anyio
+import anyio.abc
+import httpx
+
+from replica import fast
+from replica.errors import ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
+from replica.protocol.shape import Shape
+from replica.protocol.shapelog import Checkpoint, ShapeLog
+from replica.redaction import Redactor
+from replica.store import Applied, Store
+from replica.sync import http
+from replica.sync.backoff import Backoff, parse_retry_after
+from replica.typemap.schema import TableSchema
+
+__all__ = ["AUTH_RETRY_LIMIT", "Host", "InFlight", "Session", "follow"]
+
+log = logging.getLogger("replica")
+#: Retries are logged here, so that a host with its own summary of failures (the daemon) can drop them by name.
+retry_log = logging.getLogger("replica.retry")
+
+AUTH_RETRY_LIMIT = 5  # consecutive 401/403 answered with new headers before giving up
+QUICK_LIMIT = 5  # long-polls answered at once with nothing, in a row, before backing off (R5)
+
+T = TypeVar("T")
+UnauthorizedHook = Callable[[int], Mapping[str, str] | None | Awaitable[Mapping[str, str] | None]]
+
+
+class Host(Protocol):
+    """What a follow loop reports to: the ``Replica`` that runs it."""
+
+    def _set(self, name: str, **changes: Any) -> None: ...
+    def _observe(self, kind: str, name: str, **fields: Any) -> None: ...
+    async def _notify(self, applied: Applied) -> None: ...
+    def _reached(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every follow loop of one run shares."""
+
+    url: str
+    store: Store
+    converter: fast.Converter
+    backoff: Backoff
+    live_timeout: float
+    request_timeout: float
+    redact: Redactor
+    call_store: Callable[..., Awaitable[Any]]  # runs a Store method in the single writer thread
+    headers: Callable[[], Awaitable[dict[str, str]]]
+    params: Callable[[], Awaitable[list[tuple[str, str]]]]
+    on_unauthorized: UnauthorizedHook | None
+
+
+class InFlight(Generic[T]):
+    """One writer step run as a task behind the fetch; ``result`` returns its value or raises its error."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._outcome: T | BaseException | None = None
+
+    async def run(self, call: Callable[..., Awaitable[T]], *args: Any) -> None:
+        try:
+            self._outcome = await call(*args)
+        except Exception as exc:  # handed to the follow loop, which knows what to do with it
+            self._outcome = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> T:
+        await self._done.wait()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    async def settle(self) -> None:
+        """Wait for it to finish; its outcome no longer matters (the loop is already recovering)."""
+        await self._done.wait()
+
+
+async def follow(session: Session, host: Host, client: httpx.AsyncClient, shape: Shape, *, once: bool) -> None:
+    """Follow ``shape`` until cancelled; with ``once``, until it has published an up-to-date.
+
+    R7: replica's own errors are handled here; anything else is a bug that stops this shape only.
+    """
+    try:
+        try:
+            async with anyio.create_task_group() as staging:  # at most one staging step behind the fetch
+                await _Follower(session, host, client, shape, once, staging).run()
+        except BaseExceptionGroup as group:  # InFlight keeps its errors: only the loop's own can be here
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    except Exception as exc:  # a bug: stop this shape, say so, keep the others going
+        message = session.redact(f"internal error ({type(exc).__name__}): {exc}")
+        log.error("shape %s stopped: %s", shape.local_name, message)
+        log.debug("internal error in shape %s", shape.local_name, exc_info=True)
+        host._set(shape.local_name, state="error", error=message)
+
+
+class _Follower:
+    def __init__(
+        self, session: Session, host: Host, client: httpx.AsyncClient, shape: Shape, once: bool,
+        staging: anyio.abc.TaskGroup,
+    ) -> None:
+        self.session, self.host, self.client, self.shape, self.once = session, host, client, shape, once
+        self.name = shape.local_name
+        self.staging = staging
+        self.pending: InFlight[Applied] | None = None
+
+    async def run(self) -> None:
+        session, name = self.session, self.name
+        self.host._set(name, state="connecting")
+        shape_log = await self._rebuild()
+        attempt = quick = auth_retries = 0
+        extra_headers: dict[str, str] = {}
+        while True:
+            request = shape_log.next_request()
+            response = None
+            sent_at = time.monotonic()
+            try:
+                headers = {**await session.headers(), **extra_headers}
+                timeout = session.live_timeout if request.live else session.request_timeout
+                params = await session.params()
+                response = await http.fetch(self.client, session.url, request, headers=headers, params=params,
+                                            timeout=timeout)
+                self.host._observe("response", name, status=response.status, size=len(response.body))
+                conversion: list[fast.Conversion | None] = []
+
+                def ahead(body: bytes, table: TableSchema) -> None:
+                    # The protocol says this should be a snapshot chunk: convert it while it is validated.
+                    conversion.append(session.converter.start(body, table))
+
+                commit = shape_log.receive(response, ahead=ahead)
+                if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
+                    self.host._observe("refetch", name)
+                attempt = 0
+                await self._collect()  # the previous staging step first: one writer, log order
+                if commit is not None and not commit.up_to_date:
+                    # Stage in the writer thread while the next response downloads (SQLite runs
+                    # without the GIL); its errors surface before anything else is written.
+                    self.pending = InFlight()
+                    self.staging.start_soon(self.pending.run, session.call_store, session.store.apply, commit,
+                                            conversion[0] if conversion else None)
+                elif commit is not None:
+                    applied = await session.call_store(session.store.apply, commit,
+                                                       conversion[0] if conversion else None)
+                    self.host._observe("commit", name, applied=applied)
+                    if applied.published:
+                        await self.host._notify(applied)
+                        self.host._set(name, rows=applied.rows)
+            except ShapeError as exc:
+                if exc.status in (401, 403) and session.on_unauthorized and auth_retries < AUTH_RETRY_LIMIT:
+                    new_headers = await _maybe_await(session.on_unauthorized(exc.status))
+                    if new_headers is not None:
+                        extra_headers.update(new_headers)
+                        session.redact.learn(new_headers.items())
+                        await anyio.sleep(session.backoff.delay(auth_retries))
+                        auth_retries += 1
+                        continue
+                await self._settle()
+                message = session.redact(str(exc))
+                log.error("shape %s stopped: %s", name, message)
+                self.host._set(name, state="error", error=message)
+                await session.call_store(session.store.set_state, name, "error", message)
+                return
+            except (TransientError, ProtocolError, StoreError) as exc:
+                if not isinstance(exc, TransientError):
+                    await self._settle()  # the log restarts from the store, so let it finish first
+                delay = session.backoff.delay(attempt, _retry_after(exc, response))
+                attempt += 1
+                message = session.redact(str(exc))
+                retry_log.warning("shape %s: %s (retry %d in %.1f s)", name, message, attempt, delay)
+                self.host._observe("retry", name, error=message, delay=delay)
+                self.host._set(name, state="offline", error=message)
+                await anyio.sleep(delay)
+                if not isinstance(exc, TransientError):
+                    shape_log = await self._rebuild()  # rows and checkpoint are atomic: it matches the disk
+                continue
+            auth_retries = 0
+            if commit is None and request.live and time.monotonic() - sent_at < 0.05:
+                quick += 1
+                if quick >= QUICK_LIMIT:  # R5: never spin, even when each answer looks valid
+                    await anyio.sleep(session.backoff.delay(quick - QUICK_LIMIT))
+            else:
+                quick = 0
+            self.host._set(name, state="live" if shape_log.live else "syncing", error=None,
+                          handle=shape_log.handle, offset=shape_log.offset)
+            if shape_log.live:
+                self.host._set(name, last_synced_at=time.time())
+                self.host._reached(name)
+                if self.once:
+                    return
+
+    async def _rebuild(self) -> ShapeLog:
+        checkpoint: Checkpoint | None = await self.session.call_store(self.session.store.checkpoint, self.shape)
+        if self.once and checkpoint is not None and checkpoint.up_to_date:
+            # One non-live catch-up answers at once; a long-poll could hold us ~20 s.
+            checkpoint = replace(checkpoint, up_to_date=False)
+        return ShapeLog(self.shape, checkpoint, nonce=secrets.token_hex(4))
+
+    async def _collect(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            applied = await pending.result()
+            self.host._observe("commit", self.name, applied=applied)
+
+    async def _settle(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            await pending.settle()
+
+
+def _retry_after(exc: Exception, response: Any) -> float | None:
+    if not isinstance(exc, ServerBusy):
+        return None
+    if exc.retry_after is not None or response is None:
+        return exc.retry_after
+    return parse_retry_after(response.headers.get("retry-after"), time.time())
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
