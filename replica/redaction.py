@@ -90,7 +90,8 @@ class Redactor:
     def __call__(self, text: str) -> str:
         text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
         text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-        secrets = sorted({*self._known, *tuple(self._refreshed)}, key=len, reverse=True)  # a token inside a header first
+        # Longest first: a token inside a header value goes with it.
+        secrets = sorted({*self._known, *tuple(self._refreshed)}, key=len, reverse=True)
         for secret in secrets:
             text = text.replace(secret, REDACTED)
         return text

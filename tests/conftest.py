@@ -6,10 +6,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import pg
 import pytest
 from hypothesis import settings
 
-import pg
 from replica.testing import FakeElectric, Server, serve_in_thread
 from replica.testing.postgres.cluster import PgCluster
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from replica import connect
-from replica.typemap.schema import TableSchema
 from replica.testing import FakeElectric
+from replica.typemap.schema import TableSchema
 
 
 def expected(fake: FakeElectric, table: str, *, where: str | None = None, params: dict | None = None,

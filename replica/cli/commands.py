@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
@@ -33,7 +34,7 @@ from replica.tuning import tune_process
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code 2 is ours too
+    def error(self, message: str) -> NoReturn:  # argparse's own exit code 2 is ours too
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"replica: error: {message}\n")
 

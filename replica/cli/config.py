@@ -248,12 +248,15 @@ def _validate(raw: Mapping[str, Any]) -> None:
 def _describe(error: jsonschema.ValidationError) -> str:
     """A jsonschema error as ``field: what is wrong``, without echoing the (possibly secret) value."""
     where = _path(error.absolute_path)
-    instance, kind = error.instance, error.validator
+    instance: Any = error.instance
+    kind: Any = error.validator
+    expected: Any = error.validator_value
     if kind == "required":
-        missing = [key for key in error.validator_value if key not in instance]
+        missing = [key for key in expected if key not in instance]
         return f"{_join(where, missing[0])}: missing (required)"
     if kind == "additionalProperties" and isinstance(instance, Mapping):
-        allowed = list(error.schema.get("properties", {}))
+        schema: Any = error.schema
+        allowed = list(schema.get("properties", {}))
         unknown = [key for key in instance if key not in allowed]
         hint = difflib.get_close_matches(unknown[0], allowed, n=1)
         return f"{_join(where, unknown[0])}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
@@ -261,9 +264,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         what = "keys are the numbers of $N placeholders" if where.endswith("params") else "not a header name"
         return f"{_join(where, str(instance))}: {what}"
     if kind == "enum":
-        return f"{where}: must be one of {', '.join(map(repr, error.validator_value))}"
+        return f"{where}: must be one of {', '.join(map(repr, expected))}"
     if kind == "type":
-        return f"{where}: must be {_a(error.validator_value)}, not {_a(_toml_type(instance))}"
+        return f"{where}: must be {_a(expected)}, not {_a(_toml_type(instance))}"
     if kind == "oneOf":
         return f"{where}: must be a string, {{file = PATH}} or {{command = [ARGV...]}}"
     if kind == "pattern":

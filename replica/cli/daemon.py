@@ -176,16 +176,20 @@ class Daemon:
                 scope.cancel()
 
     async def _announce_ready(self) -> None:
-        await self.replica.synced()
+        if not await self.replica.synced():
+            return  # the run ended first: every shape failed
         notify_systemd(f"READY=1\nSTATUS={len(self.config.shapes)} shape(s) up to date")
 
     async def _report_progress(self) -> None:
         interval = TTY_REFRESH if self.tty else self.config.progress_interval
-        while not self.progress.finished:
+        def finished() -> bool:  # read anew each time: the sync loop moves it
+            return self.progress.finished
+
+        while not finished():
             with anyio.move_on_after(interval):
-                while not self.progress.finished:
+                while not finished():
                     await anyio.sleep(0.05)
-            if self.progress.finished:
+            if finished():
                 break
             if self.tty:
                 sys.stderr.write("\r\x1b[K" + self.redact(self.progress.line()))
@@ -280,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "replica"
     sys_version = ""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         daemon = self.server.replica_daemon
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
@@ -293,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.do_GET()
 
     def _send(self, status: int, content_type: str, body: bytes) -> None:
@@ -305,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s - %s", self.address_string(), format % args)
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -61,7 +62,7 @@ def run_demo(
             for label, change, check in steps:
                 started = time.monotonic()
                 change()
-                if not _wait(lambda check=check: _exists(db, check), timeout):
+                if not _wait(partial(_exists, db, check), timeout):
                     say(f"change did not arrive within {timeout:g} s: {label}")
                     return 1
                 say(f"  {label} {where} → visible in {db} after {1000 * (time.monotonic() - started):.0f} ms")

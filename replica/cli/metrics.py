@@ -42,7 +42,7 @@ class Metrics:
     def __init__(
         self, db_path: Path, status: Callable[[], Sequence[ShapeStatus]], ready: Callable[[], bool]
     ) -> None:
-        disable_created_metrics()  # *_created series only double the output; the daemon's start time is enough
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the output; the daemon's start time is enough
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["shape"]
         self.rows = Counter(

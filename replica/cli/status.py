@@ -71,7 +71,7 @@ def daemon_view(host: str, port: int, timeout: float = 1.0) -> dict[str, dict[st
         host = "127.0.0.1" if host != "::" else "::1"
     url = f"http://[{host}]:{port}/readyz" if ":" in host else f"http://{host}:{port}/readyz"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 (our own loopback endpoint)
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
             body = reply.read()
     except urllib.error.HTTPError as exc:  # 503 still carries the body
         body = exc.read()
@@ -105,7 +105,7 @@ def reset_shape(db: Path, name: str) -> int:
         if not matches or not store.reset(matches[0]):
             listed = ", ".join(sorted(known)) or "none"
             raise ReplicaError(f"no shape named {name!r} in {db} (shapes: {listed})")
-        return known[matches[0]].rows
+        return known[matches[0]].rows or 0
 
 
 def writer_pid(db: Path) -> int | None:

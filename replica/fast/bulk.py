@@ -55,6 +55,7 @@ def write_inserts(
     select = sql.bulk_select_sql(table, key)
     if select is None:
         return False
+    statements: list[tuple[str, tuple[str, ...]]]
     if attached is not None and "s.k" not in key:
         statements = [(into(sql.attached_select(len(table.names), key, name)), ()) for name in attached.names]
     elif changes.nul_escapes():

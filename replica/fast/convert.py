@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 
@@ -44,7 +45,7 @@ _names = itertools.count()
 _OPEN = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
 
 
-def _libc_memmem():  # type: ignore[no-untyped-def]
+def _libc_memmem() -> Any:
     try:
         memmem = ctypes.CDLL(None).memmem  # the C library's, where the process has one (not Windows)
     except (OSError, AttributeError, TypeError):
@@ -60,7 +61,7 @@ _ESCAPED_NUL = b"\\u0000"  # the six bytes NUL_ESCAPE matches
 
 def register(conn: apsw.Connection) -> None:
     """Give ``conn`` the SQL function the type map falls back to for unusual forms (``typemap.sql``)."""
-    conn.create_scalar_function(sql.CONVERT_FUNCTION, sql.convert_by_spec, 2, deterministic=True)
+    conn.create_scalar_function(sql.CONVERT_FUNCTION, sql.convert_by_spec, 2, deterministic=True)  # type: ignore[arg-type]
 
 
 def nul_escape(body: bytes, start: int, end: int) -> bool:

@@ -52,9 +52,9 @@ def check_row_keys(
     if pk:
         position = {name: i for i, name in enumerate(schema)}
         get = operator.attrgetter(*(f"f{position[column]}" for column in pk))
-        if len(pk) == 1 and _all_match(keys, [*map(get, rows)], relation):
+        if len(pk) == 1 and _all_match(keys, cast(list[str | None], [*map(get, rows)]), relation):
             return
-        values = map(get, rows) if len(pk) > 1 else zip(map(get, rows))  # tuples either way
+        values = cast(Iterable[Sequence[str | None]], map(get, rows) if len(pk) > 1 else zip(map(get, rows)))  # tuples
         _check_pairs(zip(keys, values, strict=True), relation, first)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,10 @@ from replica.typemap.schema import OVERRIDES
 __all__ = ["Shape"]
 
 
-@dataclass(frozen=True)
+Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+@dataclass(frozen=True, init=False)
 class Shape:
     """What to sync: a table, optionally filtered (``where`` + ``params``) and projected (``columns``).
 
@@ -32,11 +35,24 @@ class Shape:
     name: str | None = None
     types: tuple[tuple[str, str], ...] = ()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "params", _pairs(self.params))
-        object.__setattr__(self, "types", tuple(sorted(_pairs(self.types))))
-        if self.columns is not None and not isinstance(self.columns, tuple):
-            object.__setattr__(self, "columns", tuple(self.columns))
+    def __init__(
+        self,
+        table: str,
+        where: str | None = None,
+        params: Pairs = (),
+        columns: Iterable[str] | None = None,
+        replica: str = wire.REPLICA_DEFAULT,
+        name: str | None = None,
+        types: Pairs = (),
+    ) -> None:
+        set_ = object.__setattr__  # frozen
+        set_(self, "table", table)
+        set_(self, "where", where)
+        set_(self, "params", _pairs(params))
+        set_(self, "columns", None if columns is None else tuple(columns))
+        set_(self, "replica", replica)
+        set_(self, "name", name)
+        set_(self, "types", tuple(sorted(_pairs(types))))
         self.validate()
 
     def validate(self) -> None:
@@ -104,8 +120,8 @@ class Shape:
         )
 
 
-def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
-    items = value.items() if isinstance(value, Mapping) else value
+def _pairs(value: Pairs) -> tuple[tuple[str, str], ...]:
+    items: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, Mapping) else value
     return tuple((str(k), str(v)) for k, v in items)
 
 

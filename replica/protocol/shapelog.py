@@ -127,6 +127,14 @@ class ShapeLog:
         self.expired_handle: str | None = None
         self._relation_cache: tuple[str, str] | None = None
         self._base_params = shape.query_params()
+        self.handle: str | None = None
+        self.offset: str = wire.OFFSET_BEFORE_ALL
+        self.cursor: str | None = None
+        self.schema: Mapping[str, Any] | None = None
+        self.table: TableSchema | None = None  # built from the schema when first needed
+        self.live = False
+        self.refetch = True
+        self.staged = False
         if checkpoint is None or checkpoint.offset == wire.OFFSET_BEFORE_ALL:
             self._restart(checkpoint.handle if checkpoint else None)
         else:
@@ -134,7 +142,6 @@ class ShapeLog:
             self.offset = checkpoint.offset
             self.cursor = checkpoint.cursor
             self.schema = checkpoint.schema
-            self.table: TableSchema | None = None  # built from the schema when first needed
             self.live = checkpoint.up_to_date
             self.refetch = False
             # A staging checkpoint means rows wait on disk for the next up-to-date.
@@ -143,8 +150,8 @@ class ShapeLog:
     def _restart(self, handle: str | None) -> None:
         self.handle = handle
         self.offset = wire.OFFSET_BEFORE_ALL
-        self.cursor: str | None = None
-        self.schema: Mapping[str, Any] | None = None
+        self.cursor = None
+        self.schema = None
         self.table = None
         self.live = False
         self.refetch = True  # the next commit starts a snapshot that replaces the table's rows
@@ -232,6 +239,7 @@ class ShapeLog:
         if table is not None and len(body) >= WHOLE_BODY_BYTES:
             if ahead is not None and not self.live:
                 ahead(body, table)
+            assert position.schema is not None  # a table is only built from a schema
             check = functools.partial(answers.check_row_keys, schema=position.schema, relation=self._relation())
             whole = parse_whole_inserts(body, table.names, check)
         if whole is not None:

@@ -89,7 +89,7 @@ def _decoders(columns: tuple[str, ...]) -> tuple[msgspec.json.Decoder[Any], msgs
         "Message", [("headers", _InsertHeaders), ("key", str | msgspec.UnsetType, msgspec.UNSET),
                     ("value", row | msgspec.UnsetType, msgspec.UNSET)], gc=False,
     )
-    return msgspec.json.Decoder(list[insert]), msgspec.json.Decoder(list[message])
+    return msgspec.json.Decoder(list[insert]), msgspec.json.Decoder(list[message])  # type: ignore[valid-type]
 
 
 def parse_whole_inserts(body: bytes, columns: tuple[str, ...], check: Check | None = None) -> WholeInserts | None:

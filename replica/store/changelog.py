@@ -49,8 +49,8 @@ def read(conn: apsw.Connection, name: str) -> Iterator[tuple[str, str, dict[str,
         if not batch:
             return
         for _seq, operation, key, value in batch:
-            yield operation, key, json.loads(value)
-        after = batch[-1][0]
+            yield str(operation), str(key), json.loads(str(value))
+        after = int(batch[-1][0])  # type: ignore[arg-type]  # seq: an INTEGER PRIMARY KEY
 
 
 def clear(conn: apsw.Connection, name: str) -> None:

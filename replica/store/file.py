@@ -5,15 +5,17 @@ for readers, and the wording of SQLite failures (the store raises them; this onl
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import apsw
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory lock; SQLite's own locking still keeps the file sane
-    fcntl = None  # type: ignore[assignment]
-
 from replica.errors import StoreError
+
+_fcntl: Any
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows: no advisory lock; SQLite's own locking still keeps the file sane
+    _fcntl = None
 
 __all__ = ["LOCK_SUFFIX", "StoreLock", "connect", "describe_apsw_error", "make_private", "wal_missing"]
 
@@ -67,7 +69,7 @@ class StoreLock:
 
     @classmethod
     def acquire(cls, path: str) -> StoreLock:
-        if fcntl is None:
+        if _fcntl is None:  # Windows
             return cls(None)
         lock_path = path + LOCK_SUFFIX
         try:
@@ -77,7 +79,7 @@ class StoreLock:
                 f"cannot create the lock file {lock_path}: {exc.strerror}; check the directory is writable"
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(fd)
             raise StoreError(

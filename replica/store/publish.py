@@ -156,7 +156,7 @@ def _ensure(conn: apsw.Connection, name: str, table: TableSchema, *, keep_rows: 
 
 
 def _count(conn: apsw.Connection, name: str) -> int:
-    return int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])
+    return int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])  # type: ignore[index]
 
 
 def _record(conn: apsw.Connection, commit: Commit, raw_schema: Mapping[str, Any], rows: int) -> None:

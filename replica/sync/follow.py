@@ -148,9 +148,9 @@ class _Follower:
                 self.host._observe("response", name, status=response.status, size=len(response.body))
                 conversion: list[fast.Conversion | None] = []
 
-                def ahead(body: bytes, table: TableSchema) -> None:
+                def ahead(body: bytes, table: TableSchema, found: list[fast.Conversion | None] = conversion) -> None:
                     # The protocol says this should be a snapshot chunk: convert it while it is validated.
-                    conversion.append(session.converter.start(body, table))
+                    found.append(session.converter.start(body, table))
 
                 commit = shape_log.receive(response, ahead=ahead)
                 if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds

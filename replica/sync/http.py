@@ -158,7 +158,7 @@ class _LargeReadStream(httpcore.AsyncNetworkStream):
         self._stream = stream
         # asyncio's transport reads its socket max_size (256 KiB) at a time; neither httpcore nor
         # anyio exposes it, so it is set where the attribute is found (asyncio, not trio or TLS).
-        transport = getattr(getattr(stream, "_stream", None), "_transport", None)
+        transport: Any = getattr(getattr(stream, "_stream", None), "_transport", None)
         if isinstance(getattr(transport, "max_size", None), int):
             transport.max_size = READ_SIZE
 
@@ -195,7 +195,9 @@ async def fetch(
     try:
         # httpx replaces a URL's query with ``params``: keep the URL's own (e.g. ?source_id=…&secret=…)
         base = httpx.URL(url)
-        query = [*base.params.multi_items(), *request.params, *params]
+        query: list[tuple[str, str | int | float | bool | None]] = [
+            *base.params.multi_items(), *request.params, *params
+        ]
         async with client.stream(
             "GET",
             base.copy_with(query=None),

@@ -14,10 +14,10 @@ import logging
 import threading
 import time
 import warnings
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 import httpx
+from anyio.streams.memory import MemoryObjectSendStream
 
 from replica import fast
 from replica.errors import ConfigError, ShapeError
@@ -106,7 +107,7 @@ class Replica:
         self._synced = threading.Event()
         self._synced_waiters: list[anyio.Event] = []
         self._up_to_date: set[str] = set()
-        self._streams: list[anyio.abc.ObjectSendStream[Applied]] = []
+        self._streams: list[MemoryObjectSendStream[Applied]] = []
         self._store: Store | None = None
         self._writer = anyio.CapacityLimiter(1)
         self._cancel: anyio.CancelScope | None = None
@@ -322,8 +323,8 @@ def _with_types(shapes: tuple[Shape, ...], overrides: Mapping[str, Mapping[str, 
     unknown = set(overrides) - {s.local_name for s in shapes}
     if unknown:
         raise ConfigError(f"overrides: no shape syncs into {sorted(unknown)}")
-    return tuple(replace(s, types={**s.overrides, **overrides[s.local_name]}) if s.local_name in overrides else s
-                 for s in shapes)
+    return tuple(replace(s, types=tuple({**s.overrides, **overrides[s.local_name]}.items()))
+                 if s.local_name in overrides else s for s in shapes)
 
 
 async def _maybe_await(value: Any) -> Any:

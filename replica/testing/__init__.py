@@ -19,11 +19,11 @@ May import: the foundation, ``replica.typemap``, ``replica.protocol``.
 Never imported by: the library layers (``replica.cli``'s demo uses it).
 """
 
-from replica.testing.fake.service import FakeElectric
 from replica.testing.fake.database import Transaction
 from replica.testing.fake.faults import Fault, FaultPlan
 from replica.testing.fake.responses import FakeResponse
 from replica.testing.fake.sample import sample_fake
+from replica.testing.fake.service import FakeElectric
 from replica.testing.server import Server, serve, serve_in_thread
 
 __all__ = [

@@ -16,8 +16,8 @@ from contextlib import ExitStack
 
 import anyio
 
-from replica.testing.fake.service import ShapeService
 from replica.testing.fake.sample import sample_fake
+from replica.testing.fake.service import ShapeService
 from replica.testing.server import serve
 
 

@@ -24,9 +24,9 @@ import anyio.abc
 import anyio.from_thread
 import h11
 
-from replica.testing.fake.service import ShapeService
 from replica.testing.fake.faults import Fault
 from replica.testing.fake.responses import FakeResponse
+from replica.testing.fake.service import ShapeService
 
 __all__ = ["Server", "serve", "serve_in_thread"]
 

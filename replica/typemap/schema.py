@@ -20,7 +20,15 @@ from functools import cached_property
 from typing import Any
 
 from replica.errors import ProtocolError, ShapeError
-from replica.typemap.values import BOOL_TYPES, FLOAT_TYPES, INT_TYPES, SQLValue, array_converter, scalar_converter, to_float
+from replica.typemap.values import (
+    BOOL_TYPES,
+    FLOAT_TYPES,
+    INT_TYPES,
+    SQLValue,
+    array_converter,
+    scalar_converter,
+    to_float,
+)
 
 __all__ = [
     "OVERRIDES",
@@ -189,7 +197,7 @@ class TableSchema:
                     raise ProtocolError(f"a change lacks some of the columns {list(self.names)}")
         if not active or not rows:
             return rows
-        columns: list[Any] = list(zip(*rows))
+        columns: list[Any] = list(zip(*rows, strict=True))
         for index, convert in active:
             try:
                 columns[index] = [None if text is None else convert(text) for text in columns[index]]
@@ -197,7 +205,7 @@ class TableSchema:
                 for value in values:
                     self.convert_row(value)  # raises the ProtocolError naming the value
                 raise
-        return list(zip(*columns))
+        return list(zip(*columns, strict=True))
 
     def check_keys(self, rows: Sequence[Sequence[SQLValue]]) -> None:
         """ProtocolError if a whole row (in schema order) of a keyed table has a NULL key column."""

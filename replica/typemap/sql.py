@@ -19,6 +19,7 @@ Pure (no apsw): the store runs the SQL.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 
 from replica.typemap.schema import Column, SQLValue, TableSchema
@@ -50,7 +51,8 @@ def convert_by_spec(spec: str, text: str | None) -> SQLValue:
     """The SQL function behind the unusual forms: the Python converter for a column spec."""
     if text is None:
         return None
-    return _converter(spec)(text)
+    convert: Callable[[str], SQLValue] = _converter(spec)
+    return convert(text)
 
 
 def _literal(text: str) -> str:

@@ -32,12 +32,12 @@ import apsw
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import data  # noqa: E402
+import data
 
-from replica import tune_process  # noqa: E402
-from replica.fast import convert as scratch  # noqa: E402
-from replica.typemap import sql as sqlconvert  # noqa: E402
-from replica.typemap.schema import TableSchema, create_table_sql, quote_ident  # noqa: E402
+from replica import tune_process
+from replica.fast import convert as scratch
+from replica.typemap import sql as sqlconvert
+from replica.typemap.schema import TableSchema, create_table_sql, quote_ident
 
 
 class Msg(msgspec.Struct, gc=False):

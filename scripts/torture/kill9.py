@@ -52,8 +52,8 @@ if str(ROOT) not in sys.path:
 import apsw  # noqa: E402  (replica's own SQLite; this process runs no Store)
 
 from replica.protocol import wire  # noqa: E402
-from replica.typemap.schema import TableSchema  # noqa: E402
 from replica.testing import FakeElectric, serve_in_thread  # noqa: E402
+from replica.typemap.schema import TableSchema  # noqa: E402
 
 COLUMNS = {
     "id": {"type": "int8", "pk_index": 0, "not_null": True},

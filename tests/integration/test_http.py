@@ -26,7 +26,7 @@ def serving(body: bytes) -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the second request reuses the connection
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("content-length", str(len(body)))
             self.end_headers()

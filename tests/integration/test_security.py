@@ -181,7 +181,7 @@ def https_electric(cert: Path, key: Path) -> Iterator[str]:
     schema = json.dumps(COLUMNS)
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
             headers = {"electric-handle": "h1", "electric-schema": schema}
             if query.get("offset") == "-1":

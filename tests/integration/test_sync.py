@@ -73,7 +73,7 @@ def converged(fake: FakeElectric, db: Path, name: str = "items", **shape: object
 
 def requests_with(fake: FakeElectric, **params: str) -> list[dict[str, list[str]]]:
     found = []
-    for method, target, *_ in fake.requests:
+    for _method, target, *_ in fake.requests:
         query = parse_qs(urlsplit(target).query, keep_blank_values=True)
         if all(query.get(k) == [v] for k, v in params.items()):
             found.append(query)

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica.protocol import Checkpoint, Commit, Shape
+from replica.protocol import Change, Checkpoint, Commit, Shape
+from replica.protocol.wire import build_key
 from replica.status import ShapeStatus
 from replica.store.store import Store
-from replica.protocol import Change
-from replica.protocol.wire import build_key
 
 PROPS = settings(deadline=None, max_examples=120)
 SHAPE = Shape("items")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_store import ITEMS, change, commit, rows  # noqa: F401  (shared helpers)
+from test_store import ITEMS, change, commit, rows
 
 from replica.errors import ProtocolError
 from replica.store.store import Store

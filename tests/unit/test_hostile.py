@@ -24,10 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replica import Backoff, Replica, connect
-from replica.protocol import wire
-from replica.protocol.messages import Change, Control, parse_body
 from replica.errors import ConfigError, ProtocolError, ReplicaError, ShapeError, StoreError
-from replica.protocol import Response, Shape, ShapeLog
+from replica.protocol import Response, Shape, ShapeLog, wire
+from replica.protocol.messages import Change, Control, parse_body
 from replica.store.store import Store
 
 HANDLE = "h-1"

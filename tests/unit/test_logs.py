@@ -10,16 +10,13 @@ from functools import partial
 from typing import Any
 
 import anyio
-
-import pytest
-
 import httpx
+import pytest
 
 from replica import Backoff, Replica, Shape, SyncEvent
 from replica.cli.logs import FailureLog, Progress, setup_logging
 from replica.redaction import Redactor
 from replica.testing import FakeElectric, Fault
-
 
 QUICK = Backoff(initial=0.001, cap=0.01)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from replica.testing.fake.where import WhereError
 from replica.testing.postgres.catalog import check_where_text, widen_xid
 from replica.testing.postgres.decode import DecodeError, parse_lsn, read_transactions
-from replica.testing.fake.where import WhereError
 
 
 def tx(*lines: str, xid: str = "750", commit: str = "0/16B3F70") -> list[tuple[str, str, str]]:

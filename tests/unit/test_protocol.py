@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from replica.protocol import wire
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
-from replica.protocol import Checkpoint, Response, Shape, ShapeLog
+from replica.protocol import Checkpoint, Response, Shape, ShapeLog, wire
 from replica.typemap.schema import TableSchema
 
 SCHEMA = {"id": {"type": "int4", "pk_index": 0, "not_null": True}, "title": {"type": "text"}}

@@ -19,10 +19,9 @@ import apsw
 import pytest
 
 from replica.errors import ProtocolError, ShapeError, StoreError
-from replica.protocol import Checkpoint, Commit, Shape
-from replica.store.store import STATE_SQL, Store
-from replica.protocol import Change
+from replica.protocol import Change, Checkpoint, Commit, Shape
 from replica.protocol.wire import build_key
+from replica.store.store import STATE_SQL, Store
 
 ITEMS = Shape("items")
 SCHEMA: dict[str, Any] = {

@@ -61,7 +61,7 @@ class Transaction:
         new = t.full_row(row)
         identity = t.identity(new)
         if identity in t.rows:
-            raise ValueError(f"duplicate key {dict(zip(t.pk, identity))} in {t.name!r}")
+            raise ValueError(f"duplicate key {dict(zip(t.pk, identity, strict=True))} in {t.name!r}")
         self._apply(t, None, new)
 
     def update(
@@ -81,7 +81,7 @@ class Transaction:
         for column, value in assignments.items():
             updated[column] = t.canonical(column, value)
         if t.identity(updated) != t.identity(old) and t.identity(updated) in t.rows:
-            raise ValueError(f"duplicate key {dict(zip(t.pk, t.identity(updated)))} in {t.name!r}")
+            raise ValueError(f"duplicate key {dict(zip(t.pk, t.identity(updated), strict=True))} in {t.name!r}")
         self._apply(t, old, updated)
 
     def delete(self, table: str, row: Mapping[str, str | None]) -> None:
@@ -149,7 +149,7 @@ class Database:
             for row in rows:
                 full = table.full_row(row)
                 if table.identity(full) in table.rows:
-                    raise ValueError(f"duplicate key {dict(zip(table.pk, table.identity(full)))} in {name!r}")
+                    raise ValueError(f"duplicate key {dict(zip(table.pk, table.identity(full), strict=True))} in {name!r}")
                 table.rows[table.identity(full)] = full
             self.tables[(schema, name)] = table
             return table

@@ -173,4 +173,4 @@ class Table:
         try:
             return self.rows[identity]
         except KeyError:
-            raise KeyError(f"no row of {self.name!r} has identity {dict(zip(self.pk, identity))}") from None
+            raise KeyError(f"no row of {self.name!r} has identity {dict(zip(self.pk, identity, strict=True))}") from None

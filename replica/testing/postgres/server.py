@@ -38,14 +38,14 @@ import psycopg
 
 from replica.protocol import wire
 from replica.testing.fake import responses as r
-from replica.testing.fake.service import ShapeService
 from replica.testing.fake.database import Change, Database, append_transaction
 from replica.testing.fake.faults import Fault
-from replica.testing.postgres.catalog import PgConn, PgTable, Snapshot, ensure_full_identity, read_tables, take_snapshot
-from replica.testing.postgres.decode import RowChange, Transaction, parse_lsn, read_transactions
 from replica.testing.fake.responses import FakeResponse
+from replica.testing.fake.service import ShapeService
 from replica.testing.fake.shapes import ShapeDef, ShapeLog
 from replica.testing.fake.tables import Row, Table
+from replica.testing.postgres.catalog import PgConn, PgTable, Snapshot, ensure_full_identity, read_tables, take_snapshot
+from replica.testing.postgres.decode import RowChange, Transaction, parse_lsn, read_transactions
 
 __all__ = ["PostgresElectric"]
 
@@ -245,7 +245,7 @@ class _Poller:
         while not self.stopping.is_set():
             try:
                 more = self.poll()
-            except Exception as exc:  # noqa: BLE001 - whatever failed, the thread must go on serving
+            except Exception as exc:
                 if self.stopping.is_set():
                     return
                 # Changes may have been consumed and not applied: every shape must be rebuilt,
