@@ -39,6 +39,11 @@ class Backoff:
         return wait
 
     @staticmethod
+    def testing_now() -> bool:
+        """True inside ``Backoff.testing()`` (a child sync process inherits it)."""
+        return _testing
+
+    @staticmethod
     @contextmanager
     def testing(enabled: bool = True) -> Iterator[None]:
         """Within this block every delay is zero (for tests)."""

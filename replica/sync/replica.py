@@ -17,7 +17,6 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ import anyio.to_thread
 import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 
-from replica import fast
 from replica.errors import ConfigError, ShapeError
 from replica.protocol.shape import Shape
 from replica.redaction import Redactor, redact_url
@@ -36,10 +34,14 @@ from replica.status import ShapeStatus
 from replica.store import Applied, Store
 from replica.sync import http
 from replica.sync.backoff import Backoff
+from replica.sync.child import can_run_child, run_child
+from replica.sync.engine import Auth, SyncConfig, run_engine
 from replica.sync.events import SyncEvent
-from replica.sync.follow import Session, UnauthorizedHook, follow
+from replica.sync.follow import UnauthorizedHook
 
-__all__ = ["Replica"]
+__all__ = ["CHILD", "INLINE", "Replica"]
+
+CHILD, INLINE = "child", "inline"
 
 log = logging.getLogger("replica")
 
@@ -58,6 +60,10 @@ class Replica:
     ``live_timeout``: the watchdog on long-polls (Electric holds them ~20 s); ``request_timeout``
     bounds every other request. ``verify``: TLS verification (True) or a CA bundle path.
     ``observer(event)``: called with every ``SyncEvent`` from the sync loop (keep it quick).
+    ``process``: where the writer runs. ``"child"`` (the default where it can): a child process, so
+    this process may read the database with any SQLite library (stdlib ``sqlite3``, SQLAlchemy,
+    pandas) and the sync's CPU stays off its GIL; ``"inline"``: this process (read only through
+    ``replica.connect()`` then). A ``transport`` (tests) or an in-memory database runs inline.
     ``overrides``: deprecated; give each Shape its ``types`` instead.
     """
 
@@ -79,6 +85,7 @@ class Replica:
         request_timeout: float = http.DEFAULT_TIMEOUT,
         overrides: Mapping[str, Mapping[str, str]] | None = None,
         observer: Callable[[SyncEvent], None] | None = None,
+        process: str | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.url = url
@@ -90,27 +97,23 @@ class Replica:
             raise ConfigError(f"shapes: two shapes share a local table name: {sorted(names)}")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"url: must start with http:// or https://, got {redact_url(url)[:40]!r}")
-        self._secret = secret
+        self._config = SyncConfig(self.db_path, url, self.shapes, secret, verify, backoff or Backoff(), live_timeout,
+                                  request_timeout, transport)
+        self.process = _where(process, self._config)
         # No secret appears in a log line, status or error (an error page may echo the request).
         self._redact = Redactor([secret], url=url, named=[*(headers or {}).items(), *(params or {}).items()])
         self._headers = dict(headers or {})
         self._params = dict(params or {})
         self._on_unauthorized = on_unauthorized
         self._listeners: list[Listener] = [on_commit] if on_commit else []
-        self._transport = transport
-        self._verify = verify
-        self._backoff = backoff or Backoff()
-        self._live_timeout = live_timeout
-        self._request_timeout = request_timeout
         self._observer = observer
         self._states = {name: ShapeStatus(name, "stopped") for name in names}
         self._synced = threading.Event()
         self._synced_waiters: list[anyio.Event] = []
         self._up_to_date: set[str] = set()
         self._streams: list[MemoryObjectSendStream[Applied]] = []
-        self._store: Store | None = None
-        self._writer = anyio.CapacityLimiter(1)
         self._cancel: anyio.CancelScope | None = None
+        self._store: Store | None = None
         self._portal_cm: Any = None
         self._portal: anyio.from_thread.BlockingPortal | None = None
         self._future: Future[None] | None = None
@@ -123,36 +126,22 @@ class Replica:
         Shapes that fail fatally stop alone (their state says why); ``run`` returns when all
         shapes have stopped. With ``once``, raises the first fatal ShapeError, if any.
         """
-        # One client per shape (see http.new_client), sharing TLS settings; an injected transport is shared.
-        tls = http.tls_context(self._verify) if self._transport is None else None  # ConfigError before any I/O
-        self._store = await self._call_store(Store, self.db_path)
         self._synced.clear()
         self._up_to_date.clear()
-        converter = fast.Converter()
-        session = Session(
-            self.url, self._store, converter, self._backoff, self._live_timeout, self._request_timeout,
-            self._redact, self._call_store, self._request_headers, self._request_params, self._on_unauthorized,
-        )
-        shared = http.new_client(connections=len(self.shapes), transport=self._transport) if self._transport else None
-        clients = [shared or http.new_client(tls=tls) for _ in self.shapes]
+        auth = Auth(self._request_headers, self._request_params, self._on_unauthorized, self._redact)
         try:
             with anyio.CancelScope() as self._cancel:
-                async with anyio.create_task_group() as tg:
-                    for shape, client in zip(self.shapes, clients, strict=True):
-                        tg.start_soon(partial(follow, session, self, client, shape, once=once))
+                if self.process == CHILD:
+                    await run_child(self._config, self, auth, once=once)
+                else:
+                    await run_engine(self._config, self, auth, once=once, opened=self._opened)
         finally:
-            with anyio.CancelScope(shield=True):  # a cancelled close would leave sockets open
-                for client in {id(c): c for c in clients}.values():
-                    await client.aclose()
             for name, state in self._states.items():
                 if state.state != "error":
                     self._states[name] = replace(state, state="stopped")
             for stream in self._streams:
                 stream.close()
             self._wake_waiters()
-            store, self._store = self._store, None
-            await anyio.to_thread.run_sync(converter.close)
-            await self._call_store(store.close)
         if once:
             errors = [s.error for s in self._states.values() if s.state == "error"]
             if errors:
@@ -275,6 +264,13 @@ class Replica:
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass
 
+    def _opened(self, store: Store | None) -> None:
+        self._store = store  # inline only: the writer's Store, for diagnostics and fault injection in tests
+
+    @property
+    def observing(self) -> bool:
+        return self._observer is not None
+
     def _reached(self, name: str) -> None:
         self._up_to_date.add(name)
         if len(self._up_to_date) == len(self.shapes) and not self._synced.is_set():
@@ -288,10 +284,7 @@ class Replica:
             waiter.set()
 
     async def _request_params(self) -> list[tuple[str, str]]:
-        params = list((await self._resolve(self._params)).items())
-        if self._secret is not None:
-            params.append(("secret", self._secret))
-        return params
+        return list((await self._resolve(self._params)).items())
 
     async def _request_headers(self) -> dict[str, str]:
         return await self._resolve(self._headers)
@@ -306,9 +299,21 @@ class Replica:
                 self._redact.refreshed(resolved[key])
         return resolved
 
-    async def _call_store(self, func: Callable[..., Any], *args: Any) -> Any:
-        # One writer thread at a time; a commit in flight is never abandoned on cancel (R6).
-        return await anyio.to_thread.run_sync(func, *args, limiter=self._writer, abandon_on_cancel=False)
+
+def _where(process: str | None, config: SyncConfig) -> str:
+    """The process the writer runs in: as asked, else a child wherever one can do the job."""
+    inline_only = config.transport is not None or str(config.db_path) in ("", ":memory:")
+    if process is None:
+        return INLINE if inline_only or not can_run_child() else CHILD
+    if process not in (CHILD, INLINE):
+        raise ConfigError(f"process: must be 'child' or 'inline', got {process!r}")
+    if process == CHILD and config.transport is not None:
+        raise ConfigError("process: a transport object cannot cross into a child process; use process='inline'")
+    if process == CHILD and inline_only:
+        raise ConfigError("process: an in-memory database lives in one process; use process='inline'")
+    if process == CHILD and not can_run_child():
+        raise ConfigError("process: this platform cannot run the sync in a child process; use process='inline'")
+    return process
 
 
 def _with_types(shapes: tuple[Shape, ...], overrides: Mapping[str, Mapping[str, str]] | None) -> tuple[Shape, ...]:

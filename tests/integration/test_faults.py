@@ -98,7 +98,8 @@ def test_every_fault_in_every_phase_recovers_and_converges_without_a_hot_loop(
     with serve_in_thread(fake) as server:
 
         def new_replica() -> Replica:
-            return Replica(db, server.url, Shape("items"), live_timeout=1.0, request_timeout=1.0, backoff=pace)
+            return Replica(db, server.url, Shape("items"), live_timeout=1.0, request_timeout=1.0, backoff=pace,
+                           process="inline")  # the Pace records the waits in this process
 
         if fault.kind == "stale" or phase == "catchup":
             # a first sync: something to catch up on, and cached answers of a handle about to expire
@@ -158,10 +159,11 @@ def test_a_cache_that_keeps_serving_an_expired_handle_is_not_a_hot_loop(tmp_path
     fake.create_table("items", COLUMNS, rows=[row(i) for i in range(1, 21)])
     pace = Pace()
     with serve_in_thread(fake) as server:
-        anyio.run(functools.partial(Replica(db, server.url, Shape("items"), backoff=pace).run, once=True))
+        anyio.run(functools.partial(Replica(db, server.url, Shape("items"), backoff=pace, process="inline").run, once=True))
         fake.rotate("items")
         fake.faults.add(Fault("stale", times=12))  # more stale answers than the cache-buster retries
-        replica = Replica(db, server.url, Shape("items"), backoff=pace, live_timeout=1.0, request_timeout=1.0)
+        replica = Replica(db, server.url, Shape("items"), backoff=pace, live_timeout=1.0, request_timeout=1.0,
+                          process="inline")
         replica.start()
         try:
             deadline = time.monotonic() + 15

@@ -272,7 +272,7 @@ async def test_a_chunked_snapshot_over_loopback_takes_the_sqlite_path_and_conver
 ) -> None:
     fake = make_fake(3000, chunk_bytes=40_000)
     with serve_in_thread(fake) as server:
-        async with Replica(db, server.url, Shape("items")) as replica:
+        async with Replica(db, server.url, Shape("items"), process="inline") as replica:  # bulk_calls spies here
             await replica.synced()
             assert converged(fake, db)
             fake.insert("items", row(5000))  # live changes still take the Python path
@@ -296,7 +296,7 @@ async def test_a_bad_value_in_a_big_chunk_is_refused_by_name_and_shows_no_partia
     fake = LyingFake(chunk_bytes=40_000, long_poll_timeout=0.3)
     fake.create_table("items", COLUMNS, rows=[row(i) for i in range(1, 3001)])
     with serve_in_thread(fake) as server:
-        async with Replica(db, server.url, Shape("items")) as replica:
+        async with Replica(db, server.url, Shape("items"), process="inline") as replica:  # bulk_calls spies here
             await eventually(lambda: "maybe" in (replica.status()[0].error or ""))
             assert "column 'done' (bool): cannot store 'maybe'" in (replica.status()[0].error or "")
             assert local(db, "items", PK) == {}  # R2: the chunks staged before it stay invisible
