@@ -199,7 +199,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     if args.ca_file is not None and not args.ca_file.is_file():
         raise ConfigError(f"--ca-file: {args.ca_file} is not a file (a CA bundle in PEM format)")
     verify = str(args.ca_file) if args.ca_file is not None else True
-    replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit, verify=verify)
+    # Inline: this process is the syncer (a child process would only double it).
+    replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit, verify=verify,
+                      process="inline")
     started = time.monotonic()
 
     async def sync() -> None:

@@ -99,6 +99,7 @@ class Daemon:
             on_unauthorized=self._unauthorized if any(s.dynamic for s in config.sources()) else None,
             observer=self._observe,
             verify=str(config.ca_file) if config.ca_file is not None else True,
+            process="inline",  # the daemon's process is the syncer; nothing else reads the file in it
         )
         self.metrics = Metrics(config.database, self.replica.status, self.ready)
 

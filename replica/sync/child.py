@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -62,14 +63,13 @@ async def run_child(config: SyncConfig, parent: Parent, auth: Auth, *, once: boo
     attempt = 0
     while True:
         started = time.monotonic()
-        returncode = await _run_one(config, parent, auth, once)
-        if returncode is None:
+        why = await _run_one(config, parent, auth, once)
+        if why is None:
             return  # it finished its run
         if time.monotonic() - started > STABLE_AFTER:
             attempt = 0
         delay = RESTART.delay(attempt)
         attempt += 1
-        why = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
         message = f"the sync process {why}; restarting it in {delay:.1f} s (the shape resumes from its last commit)"
         log.warning("%s", message)
         for status in parent.status():
@@ -78,8 +78,8 @@ async def run_child(config: SyncConfig, parent: Parent, auth: Auth, *, once: boo
         await anyio.sleep(delay)
 
 
-async def _run_one(config: SyncConfig, parent: Parent, auth: Auth, once: bool) -> int | None:
-    """One child's life: None when it finished its run, else its exit code (it died)."""
+async def _run_one(config: SyncConfig, parent: Parent, auth: Auth, once: bool) -> str | None:
+    """One child's life: None when it finished its run, else why it went."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         process = await anyio.open_process(
@@ -97,16 +97,23 @@ async def _run_one(config: SyncConfig, parent: Parent, auth: Auth, once: bool) -
                "levels": {name: logging.getLogger(name).getEffectiveLevel() for name in _LOGGERS}}
     channel.post("start", config, options)
     outcome: list[Any] = []
+    finished = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:
+            # Both shielded: a read cancelled mid-message would lose its place in the stream, and the
+            # stop must still go out. Reading ends when the child says done, or its end closes.
             tg.start_soon(_shielded, channel.pump)
+            tg.start_soon(_shielded, partial(_receive, channel, parent, auth, outcome, finished))
             try:
-                await _receive(channel, parent, auth, outcome)
+                await finished.wait()
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     channel.post("stop")  # the child finishes a commit in flight, then says done
                     with anyio.move_on_after(STOP_WAIT):
-                        await _receive(channel, parent, auth, outcome)
+                        await finished.wait()
+                    if not finished.is_set():
+                        process.kill()  # its end of the pipe closes: reading ends
+                        await finished.wait()
                 raise
             finally:
                 channel.close_outbox()
@@ -117,11 +124,24 @@ async def _run_one(config: SyncConfig, parent: Parent, auth: Auth, once: bool) -
     failure = next((item for item in outcome if isinstance(item, BaseException)), None)
     if failure is not None:
         raise failure  # as run() raises it inline: the store or the TLS settings could not be opened
-    return None if "done" in outcome else (process.returncode if process.returncode is not None else -9)
+    if "done" in outcome:
+        return None
+    said = [item for item in outcome if isinstance(item, str)]
+    if said:
+        return said[-1]
+    code = process.returncode
+    return f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
 
 
-async def _receive(channel: Channel, parent: Parent, auth: Auth, outcome: list[Any]) -> None:
+async def _receive(channel: Channel, parent: Parent, auth: Auth, outcome: list[Any], finished: anyio.Event) -> None:
     """Hand the child's messages to the Replica until it says done, or goes."""
+    try:
+        await _receive_all(channel, parent, auth, outcome)
+    finally:
+        finished.set()
+
+
+async def _receive_all(channel: Channel, parent: Parent, auth: Auth, outcome: list[Any]) -> None:
     while True:
         try:
             message = await channel.receive()
@@ -141,6 +161,8 @@ async def _receive(channel: Channel, parent: Parent, auth: Auth, outcome: list[A
             channel.reply(message[1], await _answer(message, parent, auth))
         elif kind == "failed":
             outcome.append(message[1])
+        elif kind == "gone":  # stopped by a signal that was not our stop: said why, then goes
+            outcome.append(str(message[1]))
         elif kind == "done":
             outcome.append("done")
             return

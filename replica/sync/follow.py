@@ -215,8 +215,10 @@ class _Follower:
 
     async def _rebuild(self) -> ShapeLog:
         checkpoint: Checkpoint | None = await self.session.call_store(self.session.store.checkpoint, self.shape)
-        if self.once and checkpoint is not None and checkpoint.up_to_date:
-            # One non-live catch-up answers at once; a long-poll could hold us ~20 s.
+        if checkpoint is not None and checkpoint.up_to_date:
+            # Resume with one non-live catch-up, as Electric's own client does: it answers at once
+            # (with what changed meanwhile, and up-to-date), where a long-poll could hold us ~20 s
+            # before the shape counts as synced again.
             checkpoint = replace(checkpoint, up_to_date=False)
         return ShapeLog(self.shape, checkpoint, nonce=secrets.token_hex(4))
 

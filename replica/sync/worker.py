@@ -124,17 +124,23 @@ async def _serve(channel: Channel, stack: ExitStack) -> None:
 
     auth = Auth(ask_headers, ask_params, ask_unauthorized if options["on_unauthorized"] else None, redact)
     host = _PipeHost(channel, options["observe"])
+    signalled: list[str] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(channel.pump)
         async with anyio.create_task_group() as running:
             running.start_soon(_listen, channel, running.cancel_scope)
-            running.start_soon(_stop_on_sigterm, running.cancel_scope)
+            running.start_soon(_stop_on_signal, running.cancel_scope, signalled)
             try:
                 await run_engine(config, host, auth, once=options["once"])
             except Exception as exc:  # the parent raises it from run(): it must arrive whole
                 channel.post("failed", _portable(exc))
             running.cancel_scope.cancel()
-        channel.post("done")
+        # Done: the run ended, or the parent asked. A signal from elsewhere is not the parent's
+        # stop, so it hears why this process went, and starts another.
+        if signalled:
+            channel.post("gone", f"was stopped by {signalled[0]}")
+        else:
+            channel.post("done")
         channel.close_outbox()  # pump sends what is queued, then the task group ends
 
 
@@ -158,9 +164,10 @@ async def _listen(channel: Channel, scope: anyio.CancelScope) -> None:
     scope.cancel()  # as stop(): a commit in flight finishes first
 
 
-async def _stop_on_sigterm(scope: anyio.CancelScope) -> None:
+async def _stop_on_signal(scope: anyio.CancelScope, signalled: list[str]) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
+        async for signum in signals:
+            signalled.append(signal.Signals(signum).name)
             _exit_soon()
             scope.cancel()
             return

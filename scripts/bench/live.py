@@ -2,8 +2,9 @@
 
     live.py server ROWS              serve table ``live`` (ROWS rows); stdin "go N MS" inserts N rows
                                      MS ms apart and prints {"released": {id: epoch_ms}}; "quit" exits
-    live.py replica URL DB COUNT     sync ``live``; print {"ready": true} when live, then
-                                     {"seen": {id: epoch_ms}} once COUNT new rows were committed
+    live.py replica URL DB COUNT [PROCESS]   sync ``live`` (PROCESS: inline, the default, or child);
+                                     print {"ready": true} when live, then {"seen": {id: epoch_ms}}
+                                     once COUNT new rows were committed (heard by on_commit here)
     live.py idle URL DB SHAPES       sync SHAPES one-row shapes of ``live`` and stay live until killed;
                                      prints {"ready": true} when every shape is live
 
@@ -47,7 +48,7 @@ def server(rows: int) -> None:
             print(json.dumps({"released": released}), flush=True)
 
 
-def replica(url: str, db: str, count: int) -> None:
+def replica(url: str, db: str, count: int, process: str = "inline") -> None:
     seen: dict[str, float] = {}
     done = threading.Event()
     ready = threading.Event()
@@ -63,7 +64,7 @@ def replica(url: str, db: str, count: int) -> None:
         if len(seen) >= count:
             done.set()
 
-    rep = Replica(db, url, Shape("live"), on_commit=on_commit)
+    rep = Replica(db, url, Shape("live"), on_commit=on_commit, process=process)
     rep.start()
     try:
         done.wait(300)
@@ -73,7 +74,8 @@ def replica(url: str, db: str, count: int) -> None:
 
 
 def idle(url: str, db: str, shapes: int) -> None:
-    rep = Replica(db, url, [Shape("live", where=f"id = {i}", name=f"idle_{i}") for i in range(1, shapes + 1)])
+    rep = Replica(db, url, [Shape("live", where=f"id = {i}", name=f"idle_{i}") for i in range(1, shapes + 1)],
+                  process="inline")  # the CPU measured is this process's
     rep.start()
     if not rep.wait_until_synced(120):
         raise SystemExit("idle shapes did not all reach up-to-date")
@@ -89,6 +91,6 @@ if __name__ == "__main__":
     if mode == "server":
         server(int(sys.argv[2]))
     elif mode == "replica":
-        replica(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        replica(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
     elif mode == "idle":
         idle(sys.argv[2], sys.argv[3], int(sys.argv[4]))

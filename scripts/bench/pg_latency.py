@@ -67,7 +67,7 @@ def main() -> int:
                         visible_rows = int(count)
                         committed.notify_all()
 
-                replica = Replica(db, url, Shape("items"), on_commit=on_commit)
+                replica = Replica(db, url, Shape("items"), on_commit=on_commit, process="inline")
                 replica.start()
                 latencies: list[float] = []
                 try:
