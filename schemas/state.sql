@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS "_replica_shapes" (
 --                arrives; at publish it is renamed into place (a new table) or copied over the
 --                old rows (an existing table, whose indexes and triggers stay), then dropped;
 --   refetch = 0: changes on top of the published rows, in "_replica_staging" below.
+-- A shape of a consistency group stages even what reached up-to-date, until the group publishes
+-- every member at one LSN: snapshot_lsn is then the LSN its snapshot is complete at (the changes
+-- after it wait in "_replica_staging"), and xmin/xmax/xip_list what the snapshot saw.
 CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
     "definition" TEXT NOT NULL,
@@ -34,15 +37,49 @@ CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "cursor" TEXT,
     "schema" TEXT,
     "refetch" INTEGER NOT NULL,
-    "changes" INTEGER NOT NULL DEFAULT 0
+    "changes" INTEGER NOT NULL DEFAULT 0,
+    "snapshot_lsn" INTEGER,
+    "xmin" TEXT,
+    "xmax" TEXT,
+    "xip_list" TEXT
 );
 
--- The staged changes of a burst in log order (seq), raw as received; applied at publish (R2, R10).
+-- The staged changes of a burst in log order (seq), raw as received, with their transaction's
+-- commit LSN (NULL: not from the replication stream); applied at publish (R2, R10).
 CREATE TABLE IF NOT EXISTS "_replica_staging" (
     "seq" INTEGER PRIMARY KEY,
     "name" TEXT NOT NULL COLLATE NOCASE,
     "operation" TEXT NOT NULL,
     "key" TEXT NOT NULL,
-    "value" TEXT NOT NULL
+    "value" TEXT NOT NULL,
+    "lsn" INTEGER
 );
 CREATE INDEX IF NOT EXISTS "_replica_staging_name" ON "_replica_staging" ("name", "seq");
+
+-- Each consistency group: the LSN every member's visible rows are at (R11).
+CREATE TABLE IF NOT EXISTS "_replica_groups" (
+    "name" TEXT NOT NULL PRIMARY KEY,
+    "lsn" INTEGER NOT NULL,
+    "published_at" REAL NOT NULL
+);
+
+-- Transactions in the synced changes, one row per (txid, shape), for waits on an app's own write
+-- (Replica.txid_synced, GET /txid/…): published_at is NULL while the change waits in a stage.
+-- Published rows are kept for 10 minutes, at most the newest 10,000.
+CREATE TABLE IF NOT EXISTS "_replica_txids" (
+    "txid" INTEGER NOT NULL,
+    "lsn" INTEGER,
+    "name" TEXT NOT NULL COLLATE NOCASE,
+    "published_at" REAL
+);
+CREATE INDEX IF NOT EXISTS "_replica_txids_txid" ON "_replica_txids" ("txid");
+
+-- What each shape's published snapshot saw: a write that committed before it is in its rows
+-- without ever appearing in a change (xid8 values, as in snapshot-end).
+CREATE TABLE IF NOT EXISTS "_replica_snapshots" (
+    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+    "xmin" TEXT NOT NULL,
+    "xmax" TEXT NOT NULL,
+    "xip_list" TEXT NOT NULL,
+    "published_at" REAL NOT NULL
+);

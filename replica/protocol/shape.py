@@ -11,7 +11,9 @@ from replica.errors import ConfigError
 from replica.protocol import wire
 from replica.typemap.schema import OVERRIDES
 
-__all__ = ["Shape"]
+__all__ = ["DEFAULT_GROUP", "Shape"]
+
+DEFAULT_GROUP = "default"  # every shape of a Replica is in one consistency group unless it says otherwise
 
 
 Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -25,6 +27,8 @@ class Shape:
     quotes). ``types`` overrides how columns are stored: ``{"price": "real"}`` stores a numeric as
     a float (lossy), ``"text"`` keeps any column's value exactly as sent. ``params`` and ``types``
     may be given as mappings; they are kept as sorted tuples, so a Shape is hashable.
+    ``group``: the consistency group (R11) — shapes of one Replica with the same group are only
+    ever visible at one common Postgres LSN; ``None`` lets this shape publish on its own.
     """
 
     table: str
@@ -34,6 +38,7 @@ class Shape:
     replica: str = wire.REPLICA_DEFAULT
     name: str | None = None
     types: tuple[tuple[str, str], ...] = ()
+    group: str | None = DEFAULT_GROUP
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class Shape:
         replica: str = wire.REPLICA_DEFAULT,
         name: str | None = None,
         types: Pairs = (),
+        group: str | None = DEFAULT_GROUP,
     ) -> None:
         set_ = object.__setattr__  # frozen
         set_(self, "table", table)
@@ -53,6 +59,7 @@ class Shape:
         set_(self, "replica", replica)
         set_(self, "name", name)
         set_(self, "types", tuple(sorted(_pairs(types))))
+        set_(self, "group", group)
         self.validate()
 
     def validate(self) -> None:
@@ -78,6 +85,8 @@ class Shape:
                 raise ConfigError(f"types.{column}: must be one of {sorted(OVERRIDES)}, got {kind!r}")
         if not self.local_name:
             raise ConfigError("name: the local table name must not be empty")
+        if self.group is not None and (not isinstance(self.group, str) or not self.group.strip()):
+            raise ConfigError(f"group: a consistency group is a non-empty name, or None; got {self.group!r}")
 
     @property
     def local_name(self) -> str:

@@ -9,7 +9,7 @@ No httpx, anyio, apsw, time or random here: the caller passes in a cache buster.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from replica.protocol import answers, wire
 from replica.protocol.messages import Change, Control, parse_body
 from replica.protocol.shape import Shape
 from replica.protocol.snapshot import InsertBody, parse_whole_inserts
+from replica.protocol.txids import Visibility, parse_lsn
 from replica.typemap.schema import TableSchema
 
 __all__ = ["Ahead", "Changes", "Checkpoint", "Commit", "Request", "Response", "ShapeLog"]
@@ -56,6 +57,8 @@ class Commit:
     whole-row inserts: validated, kept as the body for SQLite to read; else Change messages.
     ``table``: the TableSchema the changes are read with (the ShapeLog's own; built from the
     checkpoint's schema and the shape's types when not given).
+    ``complete``: at up-to-date, the LSN the shape is complete up to (``global_last_seen_lsn``).
+    ``snapshot``: what the snapshot these changes belong to sees, when a ``snapshot-end`` came in them.
     """
 
     shape: Shape
@@ -64,6 +67,8 @@ class Commit:
     up_to_date: bool
     refetch: bool = False
     table: TableSchema | None = field(default=None, compare=False)
+    complete: int | None = None
+    snapshot: Visibility | None = None
 
     def table_schema(self) -> TableSchema | None:
         if self.table is not None:
@@ -135,6 +140,8 @@ class ShapeLog:
         self.live = False
         self.refetch = True
         self.staged = False
+        self.complete: int | None = None  # the LSN the shape is known complete up to (latest up-to-date)
+        self._snapshot: Visibility | None = None  # a snapshot-end not yet handed on in a commit
         if checkpoint is None or checkpoint.offset == wire.OFFSET_BEFORE_ALL:
             self._restart(checkpoint.handle if checkpoint else None)
         else:
@@ -156,6 +163,7 @@ class ShapeLog:
         self.live = False
         self.refetch = True  # the next commit starts a snapshot that replaces the table's rows
         self.staged = False
+        self._snapshot = None
 
     @property
     def phase(self) -> str:
@@ -165,6 +173,13 @@ class ShapeLog:
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.handle, self.offset, self.cursor, self.schema, self.live)
+
+    def refresh(self) -> None:
+        """Ask the next request as a non-live catch-up at the current position (a probe for a fresh
+        up-to-date, whose ``global_last_seen_lsn`` says how far the shape is complete): Electric
+        answers it at once, where a long-poll waits for a change. No effect before the first up-to-date."""
+        if self.live:
+            self.live = False
 
     def next_request(self) -> Request:
         """The request to send now. Pure: calling it again returns an equal request."""
@@ -242,8 +257,9 @@ class ShapeLog:
             assert position.schema is not None  # a table is only built from a schema
             check = functools.partial(answers.check_row_keys, schema=position.schema, relation=self._relation())
             whole = parse_whole_inserts(body, table.names, check)
+        controls: Sequence[Mapping[str, Any]]
         if whole is not None:
-            changes, up_to_date = whole.changes, whole.up_to_date
+            changes, up_to_date, controls = whole.changes, whole.up_to_date, whole.controls
         else:
             messages = parse_body(body)
             up_to_date = False
@@ -253,11 +269,17 @@ class ShapeLog:
                         raise ProtocolError("up-to-date must be the last message of a response")
                     up_to_date = True
             changes = tuple(m for m in messages if isinstance(m, Change))
+            controls = [m.headers for m in messages if isinstance(m, Control)]
             if changes:
                 answers.check_keys(changes, position.schema, self._relation())
+        complete, snapshot = _read_controls(controls, up_to_date)
         self._check_progress(position, up_to_date)
         self._move(position)
         self._stale = 0
+        if complete is not None:
+            self.complete = complete
+        if snapshot is not None:
+            self._snapshot = snapshot
         return self._after_data(changes, up_to_date=up_to_date)
 
     def _relation(self) -> tuple[str, str]:
@@ -332,7 +354,9 @@ class ShapeLog:
         # A staging checkpoint is never "up to date": resuming from it goes non-live, and the
         # server's next up-to-date publishes what waits on disk.
         checkpoint = Checkpoint(self.handle, self.offset, self.cursor, self.schema, up_to_date)
-        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch, table=self.table)
+        commit = Commit(self.shape, changes, checkpoint, up_to_date, refetch=self.refetch, table=self.table,
+                        complete=self.complete if up_to_date else None, snapshot=self._snapshot)
+        self._snapshot = None
         self.refetch = False
         self.staged = not up_to_date
         return commit
@@ -350,3 +374,14 @@ class ShapeLog:
 
 def _same(a: str, b: str) -> bool:
     return wire.Offset.parse(a) == wire.Offset.parse(b)
+
+
+def _read_controls(controls: Sequence[Mapping[str, Any]], up_to_date: bool) -> tuple[int | None, Visibility | None]:
+    """(the up-to-date's complete LSN, the snapshot-end's visibility) of a response's control messages."""
+    complete = snapshot = None
+    for headers in controls:
+        if headers.get("control") == wire.SNAPSHOT_END:
+            snapshot = Visibility.from_headers(headers)
+    if up_to_date and controls and controls[-1].get("global_last_seen_lsn") is not None:
+        complete = parse_lsn(controls[-1]["global_last_seen_lsn"], "global_last_seen_lsn")
+    return complete, snapshot

@@ -54,10 +54,14 @@ class InsertBody:
 
 
 class WholeInserts(NamedTuple):
-    """A body of whole-row inserts (and controls), validated but not turned into Change values."""
+    """A body of whole-row inserts (and controls), validated but not turned into Change values.
+
+    ``controls``: the headers of its control messages (snapshot-end, up-to-date), in order.
+    """
 
     changes: InsertBody
     up_to_date: bool
+    controls: list[dict[str, Any]]
 
 
 # check(keys, rows, first): a piece's changes, in log order; ``rows[i]`` holds the values of
@@ -66,13 +70,21 @@ class WholeInserts(NamedTuple):
 Check = Callable[[list[str], list[Any], int], None]
 
 
-class _InsertHeaders(msgspec.Struct, gc=False):
+# Snapshot rows carry only an operation and their relation. Any other header (a commit's lsn and
+# txids, a subquery's tags) makes the body a Change body, whose headers the store reads.
+class _InsertHeaders(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     operation: Literal["insert"] | msgspec.UnsetType = msgspec.UNSET
+    relation: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     control: str | msgspec.UnsetType = msgspec.UNSET
+    global_last_seen_lsn: str | msgspec.UnsetType = msgspec.UNSET
+    xmin: str | msgspec.UnsetType = msgspec.UNSET
+    xmax: str | msgspec.UnsetType = msgspec.UNSET
+    xip_list: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
-class _InsertOnlyHeaders(msgspec.Struct, gc=False):
+class _InsertOnlyHeaders(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     operation: Literal["insert"]
+    relation: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 @lru_cache(maxsize=64)
@@ -116,13 +128,14 @@ def _parse(
 ) -> WholeInserts | None:
     inserts, messages = _decoders(columns)
     count, up_to_date = 0, False
+    controls: list[dict[str, Any]] = []
     failed: ProtocolError | None = None
     # The decoded objects are msgspec structs with gc=False and strings: nothing for the cyclic
     # collector to track, so a body costs it nothing (it stays on, as the host app set it).
     for start, end in runs:
         if up_to_date:
             return None  # up-to-date must be last: parse_body reports it
-        found = _piece(inserts, messages, framing.run_bytes(body, start, end))
+        found = _piece(inserts, messages, framing.run_bytes(body, start, end), controls)
         if found is None:
             return None
         keys, rows, up_to_date = found
@@ -137,13 +150,15 @@ def _parse(
         return None
     if failed is not None:
         raise failed
-    return WholeInserts(InsertBody(body, count, columns), up_to_date)
+    return WholeInserts(InsertBody(body, count, columns), up_to_date, controls)
 
 
 def _piece(
-    inserts: msgspec.json.Decoder[Any], messages: msgspec.json.Decoder[Any], text: bytes
+    inserts: msgspec.json.Decoder[Any], messages: msgspec.json.Decoder[Any], text: bytes,
+    controls: list[dict[str, Any]],
 ) -> tuple[list[str], list[Any], bool] | None:
-    """A piece's (keys, rows, up-to-date); None if it is not whole inserts and controls."""
+    """A piece's (keys, rows, up-to-date), its controls' headers added to ``controls``; None if it is
+    not whole inserts and controls."""
     try:
         decoded = inserts.decode(text)
     except (msgspec.DecodeError, ValueError, RecursionError):
@@ -168,4 +183,6 @@ def _piece(
             return None  # an event, or something parse_body should judge
         else:
             up_to_date = message.headers.control == UP_TO_DATE
+            fields = msgspec.structs.asdict(message.headers)
+            controls.append({k: v for k, v in fields.items() if v is not msgspec.UNSET})
     return keys, rows, up_to_date

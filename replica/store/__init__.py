@@ -8,6 +8,6 @@ Never imported by: ``replica.protocol``, ``replica.typemap``, ``replica.fast``.
 
 from replica.store.file import connect
 from replica.store.publish import Applied
-from replica.store.store import Store
+from replica.store.store import Pending, Store
 
-__all__ = ["Applied", "Store", "connect"]
+__all__ = ["Applied", "Pending", "Store", "connect"]

@@ -24,6 +24,7 @@ import apsw
 
 from replica.protocol import wire
 from replica.protocol.shapelog import Commit
+from replica.protocol.txids import Visibility
 from replica.status import ShapeStatus, parse_time
 from replica.typemap.schema import quote_ident
 
@@ -31,6 +32,7 @@ __all__ = [
     "STATE_SQL",
     "Published",
     "Stage",
+    "add_missing_columns",
     "drop_legacy_stages",
     "dump_schema",
     "is_redelivery",
@@ -70,6 +72,9 @@ CREATE TABLE IF NOT EXISTS "_replica_shapes" (
 --                arrives; at publish it is renamed into place (a new table) or copied over the
 --                old rows (an existing table, whose indexes and triggers stay), then dropped;
 --   refetch = 0: changes on top of the published rows, in "_replica_staging" below.
+-- A shape of a consistency group stages even what reached up-to-date, until the group publishes
+-- every member at one LSN: snapshot_lsn is then the LSN its snapshot is complete at (the changes
+-- after it wait in "_replica_staging"), and xmin/xmax/xip_list what the snapshot saw.
 CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
     "definition" TEXT NOT NULL,
@@ -78,24 +83,68 @@ CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "cursor" TEXT,
     "schema" TEXT,
     "refetch" INTEGER NOT NULL,
-    "changes" INTEGER NOT NULL DEFAULT 0
+    "changes" INTEGER NOT NULL DEFAULT 0,
+    "snapshot_lsn" INTEGER,
+    "xmin" TEXT,
+    "xmax" TEXT,
+    "xip_list" TEXT
 );
 
--- The staged changes of a burst in log order (seq), raw as received; applied at publish (R2, R10).
+-- The staged changes of a burst in log order (seq), raw as received, with their transaction's
+-- commit LSN (NULL: not from the replication stream); applied at publish (R2, R10).
 CREATE TABLE IF NOT EXISTS "_replica_staging" (
     "seq" INTEGER PRIMARY KEY,
     "name" TEXT NOT NULL COLLATE NOCASE,
     "operation" TEXT NOT NULL,
     "key" TEXT NOT NULL,
-    "value" TEXT NOT NULL
+    "value" TEXT NOT NULL,
+    "lsn" INTEGER
 );
 CREATE INDEX IF NOT EXISTS "_replica_staging_name" ON "_replica_staging" ("name", "seq");
+
+-- Each consistency group: the LSN every member's visible rows are at (R11).
+CREATE TABLE IF NOT EXISTS "_replica_groups" (
+    "name" TEXT NOT NULL PRIMARY KEY,
+    "lsn" INTEGER NOT NULL,
+    "published_at" REAL NOT NULL
+);
+
+-- Transactions in the synced changes, one row per (txid, shape), for waits on an app's own write
+-- (Replica.txid_synced, GET /txid/…): published_at is NULL while the change waits in a stage.
+-- Published rows are kept for 10 minutes, at most the newest 10,000.
+CREATE TABLE IF NOT EXISTS "_replica_txids" (
+    "txid" INTEGER NOT NULL,
+    "lsn" INTEGER,
+    "name" TEXT NOT NULL COLLATE NOCASE,
+    "published_at" REAL
+);
+CREATE INDEX IF NOT EXISTS "_replica_txids_txid" ON "_replica_txids" ("txid");
+
+-- What each shape's published snapshot saw: a write that committed before it is in its rows
+-- without ever appearing in a change (xid8 values, as in snapshot-end).
+CREATE TABLE IF NOT EXISTS "_replica_snapshots" (
+    "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+    "xmin" TEXT NOT NULL,
+    "xmax" TEXT NOT NULL,
+    "xip_list" TEXT NOT NULL,
+    "published_at" REAL NOT NULL
+);
 """
+
+# Columns added since a table was first released: an older database gets them at open.
+_ADDED_COLUMNS = {
+    "_replica_stages": ('"snapshot_lsn" INTEGER', '"xmin" TEXT', '"xmax" TEXT', '"xip_list" TEXT'),
+    "_replica_staging": ('"lsn" INTEGER',),
+}
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A staging position: where the unfinished snapshot or burst stands, and what it will do."""
+    """A staging position: where the unfinished snapshot or burst stands, and what it will do.
+
+    ``snapshot_lsn``: a consistency group's snapshot that reached up-to-date, complete at this LSN;
+    ``snapshot``: what that snapshot saw (its snapshot-end).
+    """
 
     definition: str
     handle: str | None
@@ -104,6 +153,8 @@ class Stage:
     schema: Mapping[str, Any] | None
     refetch: bool
     changes: int = 0
+    snapshot_lsn: int | None = None
+    snapshot: Visibility | None = None
 
 
 @dataclass(frozen=True)
@@ -167,21 +218,25 @@ def load_schema(text: str | None) -> Mapping[str, Any] | None:
 
 def load_stage(conn: apsw.Connection, name: str) -> Stage | None:
     row = conn.execute(
-        'SELECT "definition", "handle", "offset", "cursor", "schema", "refetch", "changes" '
-        'FROM "_replica_stages" WHERE "name" = ?',
+        'SELECT "definition", "handle", "offset", "cursor", "schema", "refetch", "changes", "snapshot_lsn", '
+        '"xmin", "xmax", "xip_list" FROM "_replica_stages" WHERE "name" = ?',
         (name,),
     ).fetchone()
     if row is None:
         return None
-    definition, handle, offset, cursor, schema, refetch, changes = row
-    return Stage(definition, handle, offset, cursor, load_schema(schema), bool(refetch), int(changes))
+    definition, handle, offset, cursor, schema, refetch, changes, snapshot_lsn, xmin, xmax, xip = row
+    snapshot = None
+    if xmin is not None:
+        snapshot = Visibility(int(xmin), int(xmax), frozenset(int(x) for x in json.loads(xip)))
+    return Stage(definition, handle, offset, cursor, load_schema(schema), bool(refetch), int(changes),
+                 None if snapshot_lsn is None else int(snapshot_lsn), snapshot)
 
 
 def save_stage(conn: apsw.Connection, name: str, stage: Stage) -> None:
+    seen = stage.snapshot.to_json() if stage.snapshot is not None else None
     conn.execute(
-        'INSERT OR REPLACE INTO "_replica_stages" '
-        '("name", "definition", "handle", "offset", "cursor", "schema", "refetch", "changes") '
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        'INSERT OR REPLACE INTO "_replica_stages" ("name", "definition", "handle", "offset", "cursor", "schema", '
+        '"refetch", "changes", "snapshot_lsn", "xmin", "xmax", "xip_list") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
         (
             name,
             stage.definition,
@@ -191,8 +246,21 @@ def save_stage(conn: apsw.Connection, name: str, stage: Stage) -> None:
             dump_schema(stage.schema),
             int(stage.refetch),
             stage.changes,
+            stage.snapshot_lsn,
+            seen["xmin"] if seen else None,
+            seen["xmax"] if seen else None,
+            json.dumps(seen["xip_list"]) if seen else None,
         ),
     )
+
+
+def add_missing_columns(conn: apsw.Connection) -> None:
+    """Give a database an older replica made the columns added since (every one nullable)."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {str(row[1]) for row in conn.execute(f'PRAGMA main.table_info("{table}")')}
+        for column in columns:
+            if column.split('"')[1] not in have:
+                conn.execute(f'ALTER TABLE main."{table}" ADD COLUMN {column}')
 
 
 def drop_legacy_stages(conn: apsw.Connection) -> list[str]:

@@ -1,11 +1,11 @@
-"""Publishing at up-to-date: staged and new changes into the synced table, with its position (R1, R2).
+"""Publishing: staged and new changes into the synced table, with its position, in one transaction (R1, R2).
 
-``publish`` is the body of the store's up-to-date transaction. A snapshot (refetch) takes the
-commit's own changes into its staged table and replaces the table's rows with it
-(``snapshots``); a burst creates or rebuilds the table from the schema if needed (recreating the
-user's indexes and triggers that still apply) and writes the staged changes and the commit's own
-in log order (``changelog``). Either way the stage is cleared and the new position recorded in
-``_replica_shapes``. ``Applied`` reports what it did.
+``publish`` is the body of the store's up-to-date transaction for one shape; ``publish_stage`` that of
+a consistency group's, per member, up to the group's LSN. A snapshot (refetch) replaces the table's
+rows with its staged table (``snapshots``); a burst creates or rebuilds the table from the schema if
+needed (recreating the user's indexes and triggers that still apply) and writes the staged changes
+(``changelog``) and the commit's own in log order. The published txids and the snapshot's visibility
+are recorded (``txlog``), and the new position in ``_replica_shapes``. ``Applied`` reports it.
 
 Used only by ``replica.store``, inside its transactions and its apsw-error boundary: nothing here
 commits. apsw errors propagate to the store, except the two it classifies itself: a schema SQLite
@@ -15,7 +15,6 @@ refuses as a table (``ShapeError``) and a saved index or trigger that no longer 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,20 +24,22 @@ import apsw
 from replica import fast
 from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol import wire
-from replica.protocol.shapelog import Commit
+from replica.protocol.shape import Shape
+from replica.protocol.shapelog import Changes, Commit
 from replica.protocol.snapshot import InsertBody
+from replica.protocol.txids import Visibility
 from replica.status import iso_time
-from replica.store import changelog, positions, snapshots, tables
+from replica.store import changelog, positions, snapshots, tables, txlog
 from replica.typemap.schema import TableSchema, quote_ident
 
-__all__ = ["Applied", "publish"]
+__all__ = ["Applied", "publish", "publish_stage"]
 
 log = logging.getLogger("replica.store")  # the store's channel: this is the body of Store.apply
 
 
 @dataclass(frozen=True)
 class Applied:
-    """What one ``Store.apply`` did to the local table ``name``.
+    """What one ``Store.apply`` (or a group publish) did to the local table ``name``.
 
     ``inserted``/``updated``/``deleted`` count the change messages written to the table, and
     ``keys`` maps each operation to their message keys — except for a refetch (``refetch`` True:
@@ -47,6 +48,9 @@ class Applied:
     changes were only staged (``staged`` counts what waits on disk) or the commit was a
     redelivery of an older position. ``rows`` is the table's row count after the call.
     ``dropped`` names user indexes/triggers that no longer applied after a schema change.
+    ``lsn``: the LSN the table's rows are now at (the group's, or the shape's up-to-date), when
+    known; ``txids``: the transactions whose changes this made visible; ``snapshot``: what the
+    snapshot it published saw.
     """
 
     name: str
@@ -59,6 +63,22 @@ class Applied:
     published: bool = False
     staged: int = 0
     dropped: tuple[str, ...] = ()
+    lsn: int | None = None
+    txids: tuple[int, ...] = ()
+    snapshot: Visibility | None = None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """What one publish writes: the shape, the table's schema, and where the rows will stand."""
+
+    shape: Shape
+    table: TableSchema
+    raw_schema: Mapping[str, Any]
+    position: tuple[str | None, str | None, str | None]  # handle, offset, cursor
+    refetch: bool
+    snapshot: Visibility | None
+    lsn: int | None
 
 
 def publish(
@@ -66,7 +86,8 @@ def publish(
     commit: Commit,
     published: positions.Published | None,
     stage: positions.Stage | None,
-    attached: fast.Attached | None = None,
+    attached: fast.Attached | None,
+    now: float,
 ) -> Applied:
     """Publish ``commit`` (up-to-date, not a redelivery) on top of ``published`` and ``stage``.
 
@@ -84,62 +105,95 @@ def publish(
     if raw_schema is None:
         raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot create its table")
     table = commit.table if commit.table is not None else TableSchema.from_electric(raw_schema, commit.shape.overrides)
+    seen = commit.snapshot or (stage.snapshot if stage is not None else None)
+    pending = _Pending(commit.shape, table, raw_schema, (checkpoint.handle, checkpoint.offset, checkpoint.cursor),
+                       refetch, seen if refetch else None, commit.complete)
+    txlog.stage(conn, name, () if isinstance(commit.changes, InsertBody) else commit.changes)
+    return _write(conn, pending, published, stage is not None, commit.changes, attached, None, now)
+
+
+def publish_stage(
+    conn: apsw.Connection, shape: Shape, published: positions.Published | None, stage: positions.Stage, upto: int,
+    now: float,
+) -> Applied:
+    """A consistency group's publish, for one member: what ``stage`` holds at or below the LSN ``upto``.
+
+    A staged snapshot must be complete at or below ``upto`` (the group waits until it is).
+    """
+    name = shape.local_name
+    if stage.schema is None:
+        raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot create its table")
+    if stage.refetch and (stage.snapshot_lsn is None or stage.snapshot_lsn > upto):
+        raise StoreError(f"the snapshot staged for {name!r} is not complete at LSN {upto}; it cannot be published yet")
+    table = TableSchema.from_electric(stage.schema, shape.overrides)
+    pending = _Pending(shape, table, stage.schema, (stage.handle, stage.offset, stage.cursor), stage.refetch,
+                       stage.snapshot if stage.refetch else None, upto)
+    return _write(conn, pending, published, True, (), None, upto, now)
+
+
+def _write(
+    conn: apsw.Connection,
+    pending: _Pending,
+    published: positions.Published | None,
+    staged: bool,
+    own: Changes,
+    attached: fast.Attached | None,
+    upto: int | None,
+    now: float,
+) -> Applied:
+    name = pending.shape.local_name
     exists = tables.table_exists(conn, name)
     if exists and (published is None or published.definition is None):
         raise ShapeError(
             f"table {name!r} already exists and was not created by replica; "
             "give the shape another name, or drop the table"
         )
-    if not exists and not refetch:
+    if not exists and not pending.refetch:
         raise StoreError(f"table {name!r} disappeared (dropped outside replica?); it will be synced again")
-    if refetch:
-        return _publish_snapshot(conn, commit, table, raw_schema, exists, attached)
-    dropped = _ensure(conn, name, table, keep_rows=True)
-    tally = tables.Tally()
-    writer = tables.TableWriter(conn, name, table)
-    if stage is not None:
-        writer.apply(changelog.read(conn, name), tally)
-    changes = commit.changes.changes() if isinstance(commit.changes, InsertBody) else commit.changes
+    tally = tables.Tally(keep_keys=not pending.refetch)
+    writer = tables.TableWriter(conn, name, pending.table)
+    dropped: list[str] = []
+    if pending.refetch:
+        if not snapshots.exists(conn, name):
+            snapshots.create(conn, name, pending.table)  # a snapshot whose first response is also its last
+        elif not snapshots.matches(conn, name, pending.table):
+            raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
+        snapshots.append(conn, name, own, pending.table, attached)  # the snapshot's last changes join it
+        own = ()
+        if exists:
+            dropped = _ensure(conn, name, pending.table, keep_rows=False)
+        snapshots.publish(conn, name, pending.table, replace=exists)
+        writer = tables.TableWriter(conn, name, pending.table)
+    else:
+        dropped = _ensure(conn, name, pending.table, keep_rows=True)
+    if staged:
+        writer.apply(changelog.read(conn, name, upto), tally)
+        changelog.clear(conn, name, upto)
+    changes = own.changes() if isinstance(own, InsertBody) else own
     writer.apply(((c.operation, c.key, c.value) for c in changes), tally)
     writer.flush()
-    changelog.clear(conn, name)
-    rows = _count(conn, name)
-    _record(conn, commit, raw_schema, rows)
+    rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])  # type: ignore[index]
+    remaining = changelog.count(conn, name) if staged else 0
+    _record(conn, pending, rows, now, position=remaining == 0)
+    txids = txlog.publish(conn, name, now, upto)
+    if pending.snapshot is not None:
+        txlog.record_snapshot(conn, name, pending.snapshot, now)
+    inserted = rows if pending.refetch else tally.counts[wire.INSERT]
     return Applied(
         name,
-        inserted=tally.counts[wire.INSERT],
+        inserted=inserted,
         updated=tally.counts[wire.UPDATE],
         deleted=tally.counts[wire.DELETE],
-        keys={op: tuple(keys) for op, keys in tally.keys.items()},
+        keys={op: tuple(keys) for op, keys in tally.keys.items()} if not pending.refetch else {},
         rows=rows,
+        refetch=pending.refetch,
         published=True,
+        staged=remaining,
         dropped=tuple(dropped),
+        lsn=pending.lsn,
+        txids=tuple(txids),
+        snapshot=pending.snapshot,
     )
-
-
-def _publish_snapshot(
-    conn: apsw.Connection,
-    commit: Commit,
-    table: TableSchema,
-    raw_schema: Mapping[str, Any],
-    exists: bool,
-    attached: fast.Attached | None,
-) -> Applied:
-    """The snapshot's last changes join it, and it replaces every row of the table."""
-    name = commit.shape.local_name
-    if not snapshots.exists(conn, name):
-        snapshots.create(conn, name, table)  # a snapshot whose first response is also its last
-    elif not snapshots.matches(conn, name, table):
-        raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
-    snapshots.append(conn, name, commit.changes, table, attached)
-    dropped: list[str] = []
-    if exists:
-        dropped = _ensure(conn, name, table, keep_rows=False)
-    snapshots.publish(conn, name, table, replace=exists)
-    changelog.clear(conn, name)
-    rows = _count(conn, name)
-    _record(conn, commit, raw_schema, rows)
-    return Applied(name, inserted=rows, rows=rows, refetch=True, published=True, dropped=tuple(dropped))
 
 
 def _ensure(conn: apsw.Connection, name: str, table: TableSchema, *, keep_rows: bool) -> list[str]:
@@ -155,34 +209,23 @@ def _ensure(conn: apsw.Connection, name: str, table: TableSchema, *, keep_rows: 
     return dropped
 
 
-def _count(conn: apsw.Connection, name: str) -> int:
-    return int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])  # type: ignore[index]
-
-
-def _record(conn: apsw.Connection, commit: Commit, raw_schema: Mapping[str, Any], rows: int) -> None:
-    """Write the published position (and row count, sync time) to ``_replica_shapes``.
+def _record(conn: apsw.Connection, pending: _Pending, rows: int, now: float, *, position: bool) -> None:
+    """Write the published state to ``_replica_shapes``: its definition, schema, row count and sync
+    time, and (``position``: nothing of the stage is left) the position to resume from.
 
     A publish proves the shape works, so it also marks it live and clears a stored error.
     """
-    checkpoint = commit.checkpoint
+    name = pending.shape.local_name
     conn.execute(
-        'INSERT INTO "_replica_shapes" ("name", "definition", "handle", "offset", "cursor", "schema", '
-        '"rows", "last_synced_at", "state", "error") VALUES (?, ?, ?, ?, ?, ?, ?, ?, \'live\', NULL) '
-        'ON CONFLICT ("name") DO UPDATE SET '
-        '"definition" = excluded."definition", "handle" = excluded."handle", "offset" = excluded."offset", '
-        '"cursor" = excluded."cursor", "schema" = excluded."schema", "rows" = excluded."rows", '
-        '"last_synced_at" = excluded."last_synced_at", "state" = \'live\', "error" = NULL',
-        (
-            commit.shape.local_name,
-            commit.shape.definition(),
-            checkpoint.handle,
-            checkpoint.offset,
-            checkpoint.cursor,
-            positions.dump_schema(raw_schema),
-            rows,
-            iso_time(time.time()),
-        ),
+        'INSERT INTO "_replica_shapes" ("name", "definition", "schema", "rows", "last_synced_at", "state", "error") '
+        "VALUES (?, ?, ?, ?, ?, 'live', NULL) "
+        'ON CONFLICT ("name") DO UPDATE SET "definition" = excluded."definition", "schema" = excluded."schema", '
+        '"rows" = excluded."rows", "last_synced_at" = excluded."last_synced_at", "state" = \'live\', "error" = NULL',
+        (name, pending.shape.definition(), positions.dump_schema(pending.raw_schema), rows, iso_time(now)),
     )
+    if position:  # else a part-published stage: its own position is where to resume
+        conn.execute('UPDATE "_replica_shapes" SET "handle" = ?, "offset" = ?, "cursor" = ? WHERE "name" = ?',
+                     (*pending.position, name))
 
 
 def _recreate(conn: apsw.Connection, sql: str, checks: list[str]) -> bool:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from typing import Self
 
 import apsw
@@ -26,14 +28,34 @@ from replica.errors import ProtocolError, ShapeError, StoreError
 from replica.protocol.shape import Shape
 from replica.protocol.shapelog import Checkpoint, Commit
 from replica.protocol.snapshot import InsertBody
+from replica.protocol.txids import Visibility
 from replica.status import STATES, ShapeStatus
-from replica.store import changelog, positions, snapshots, tables
+from replica.store import changelog, positions, snapshots, tables, txlog
 from replica.store.file import StoreLock, describe_apsw_error, make_private, wal_missing
 from replica.store.positions import STATE_SQL
-from replica.store.publish import Applied, publish
+from replica.store.publish import Applied, publish, publish_stage
 from replica.typemap.schema import TableSchema, check_table_name, fold_ident
 
-__all__ = ["STATE_SQL", "Applied", "Store"]
+__all__ = ["STATE_SQL", "Applied", "Pending", "Store"]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What a consistency group's member has staged: a snapshot (``refetch``; complete at
+    ``snapshot_lsn``, or not yet if None) and/or ``changes`` waiting in the change log."""
+
+    refetch: bool
+    snapshot_lsn: int | None
+    changes: int
+
+
+def _complete(commit: Commit) -> int:
+    if commit.complete is None:
+        raise ShapeError(
+            "an up-to-date without global_last_seen_lsn: consistency groups need Electric 1.0 or later "
+            "(or give the shape consistent=False)"
+        )
+    return commit.complete
 
 
 class Store:
@@ -57,6 +79,7 @@ class Store:
                 self._open()
                 with self._transaction():
                     self._connection().execute(STATE_SQL)
+                    positions.add_missing_columns(self._connection())
                     positions.drop_legacy_stages(self._connection())
         except BaseException:
             self.close()
@@ -116,11 +139,13 @@ class Store:
 
     # --- writing ---
 
-    def apply(self, commit: Commit, conversion: fast.Conversion | None = None) -> Applied:
+    def apply(self, commit: Commit, conversion: fast.Conversion | None = None, *, defer: bool = False) -> Applied:
         """Stage (``up_to_date`` False) or publish (True) one commit, in one transaction (R1).
 
         ``conversion``: the one ``fast.Converter.start`` began for the body of this commit, if
         any; it is used only if the commit carries that very body (``Conversion.parts_for``).
+        ``defer``: a member of a consistency group stages even an up-to-date commit, noting how far
+        the shape is complete; ``publish_group`` makes it visible with the other members.
 
         Re-applying a commit is harmless (R3): inserts upsert, updates merge, deletes of missing
         rows do nothing, and a commit older than the stored position of the same handle is skipped.
@@ -131,9 +156,51 @@ class Store:
         with self._mutex, self._translate(f"writing shape {name!r}"):
             self._claim(commit.shape)
             with fast.attached(self._connection(), parts) as attached, self._transaction():
-                if commit.up_to_date:
+                if commit.up_to_date and not defer:
                     return self._publish(commit, attached)
                 return self._stage(commit, attached)
+
+    def publish_group(self, group: str, shapes: Sequence[Shape], upto: int) -> list[Applied]:
+        """Make every member's staged changes at or below the LSN ``upto`` visible, in one transaction (R11).
+
+        A member's staged snapshot must be complete at or below ``upto``. Members with nothing staged
+        are left as they are. Records ``upto`` as the group's LSN.
+        """
+        now = time.time()
+        with self._mutex, self._translate(f"publishing group {group!r}"), self._transaction():
+            conn = self._connection()
+            applied = []
+            for shape in shapes:
+                self._claim(shape)
+                name = shape.local_name
+                stage = positions.load_stage(conn, name)
+                if stage is None or stage.definition != shape.definition():
+                    continue
+                done = publish_stage(conn, shape, positions.load_published(conn, name), stage, upto, now)
+                if done.staged:  # what is left waits, no longer as a snapshot
+                    positions.save_stage(conn, name, replace(stage, refetch=False, snapshot_lsn=None, snapshot=None,
+                                                             changes=done.staged))
+                else:
+                    self._clear_stage(name)
+                applied.append(done)
+            conn.execute('INSERT OR REPLACE INTO "_replica_groups" ("name", "lsn", "published_at") VALUES (?, ?, ?)',
+                         (group, upto, now))
+            return applied
+
+    def pending(self, shape: Shape) -> Pending | None:
+        """What a consistency group's member has staged: None if nothing (a stage of another
+        definition counts as nothing: the member's next commit starts over)."""
+        with self._mutex, self._translate(f"reading the stage of {shape.local_name!r}"):
+            conn = self._connection()
+            stage = positions.load_stage(conn, shape.local_name)
+            if stage is None or stage.definition != shape.definition():
+                return None
+            return Pending(stage.refetch, stage.snapshot_lsn, changelog.count(conn, shape.local_name))
+
+    def visible(self) -> tuple[list[tuple[int, int | None, str, float]], list[tuple[str, Visibility]]]:
+        """The published transactions kept, and what each published snapshot saw (``txlog``)."""
+        with self._mutex, self._translate("reading the published transactions"):
+            return txlog.recent(self._connection()), txlog.snapshots(self._connection())
 
     def _stage(self, commit: Commit, attached: fast.Attached | None) -> Applied:
         conn = self._connection()
@@ -152,21 +219,26 @@ class Store:
         if schema is None:
             raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot stage its changes")
         table = commit.table if commit.table is not None else TableSchema.from_electric(schema, commit.shape.overrides)
-        if stage.refetch:
+        messages = () if isinstance(commit.changes, InsertBody) else commit.changes
+        snapshot_lsn = stage.snapshot_lsn
+        if stage.refetch and snapshot_lsn is None:  # the snapshot itself: changed in place
             if not snapshots.exists(conn, name):
                 snapshots.create(conn, name, table)
             elif not snapshots.matches(conn, name, table):
                 raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
             added = snapshots.append(conn, name, commit.changes, table, attached)
+            if commit.up_to_date:  # deferred: from here on, changes wait after the complete snapshot
+                snapshot_lsn = _complete(commit)
         else:
             changes = commit.changes.changes() if isinstance(commit.changes, InsertBody) else commit.changes
             added = changelog.append(conn, name, changes, table)
+        txlog.stage(conn, name, messages)
         stage = positions.Stage(
             definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, schema, stage.refetch,
-            stage.changes + added,
+            stage.changes + added, snapshot_lsn, commit.snapshot or stage.snapshot,
         )
         positions.save_stage(conn, name, stage)
-        return Applied(name, rows=rows, staged=stage.changes)
+        return Applied(name, rows=rows, staged=stage.changes, lsn=commit.complete)
 
     def _publish(self, commit: Commit, attached: fast.Attached | None) -> Applied:
         conn = self._connection()
@@ -175,7 +247,7 @@ class Store:
         stage = self._current_stage(commit)
         if positions.is_redelivery(commit, stage, published.position() if published else None):
             return Applied(name, rows=published.rows if published else 0, staged=stage.changes if stage else 0)
-        applied = publish(conn, commit, published, stage, attached)
+        applied = publish(conn, commit, published, stage, attached, time.time())
         self._clear_stage(name)
         return applied
 
@@ -199,6 +271,7 @@ class Store:
         conn.execute('DELETE FROM "_replica_stages" WHERE "name" = ?', (name,))
         changelog.clear(conn, name)
         snapshots.drop(conn, name)
+        txlog.discard(conn, name)
 
     # --- status ---
 

@@ -26,6 +26,7 @@ from replica.store import Store
 from replica.sync import http
 from replica.sync.backoff import Backoff
 from replica.sync.follow import Host, Session, UnauthorizedHook, follow
+from replica.sync.group import Group
 
 __all__ = ["Auth", "SyncConfig", "run_engine"]
 
@@ -83,10 +84,16 @@ async def run_engine(
     count = len(config.shapes)
     shared = http.new_client(connections=count, transport=config.transport) if config.transport else None
     clients = [shared or http.new_client(tls=tls) for _ in config.shapes]
+    groups = _groups(config.shapes, session, host)
     try:
-        async with anyio.create_task_group() as tg:
-            for shape, client in zip(config.shapes, clients, strict=True):
-                tg.start_soon(partial(follow, session, host, client, shape, once=once))
+        async with anyio.create_task_group() as coordinators:
+            for group in {id(g): g for g in groups.values()}.values():
+                coordinators.start_soon(group.run)
+            async with anyio.create_task_group() as tg:
+                for shape, client in zip(config.shapes, clients, strict=True):
+                    tg.start_soon(partial(follow, session, host, client, shape, once=once,
+                                          group=groups.get(shape.local_name)))
+            coordinators.cancel_scope.cancel()  # every member has stopped
     finally:
         with anyio.CancelScope(shield=True):  # a cancelled close would leave sockets open
             for client in {id(c): c for c in clients}.values():
@@ -95,6 +102,20 @@ async def run_engine(
             await call_store(store.close)
             if opened is not None:
                 opened(None)
+
+
+def _groups(shapes: tuple[Shape, ...], session: Session, host: Host) -> dict[str, Group]:
+    """Each shape's consistency group, by local name; a group of one needs no coordinator."""
+    members: dict[str, list[Shape]] = {}
+    for shape in shapes:
+        if shape.group is not None:
+            members.setdefault(shape.group, []).append(shape)
+    found = {}
+    for name, group_shapes in members.items():
+        if len(group_shapes) > 1:
+            group = Group(name, group_shapes, session, host)
+            found.update({shape.local_name: group for shape in group_shapes})
+    return found
 
 
 def _with_secret(

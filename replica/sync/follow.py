@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -28,12 +29,12 @@ from replica.errors import ProtocolError, ServerBusy, ShapeError, StoreError, Tr
 from replica.protocol.shape import Shape
 from replica.protocol.shapelog import Checkpoint, ShapeLog
 from replica.redaction import Redactor
-from replica.store import Applied, Store
+from replica.store import Applied, Pending, Store
 from replica.sync import http
 from replica.sync.backoff import Backoff, parse_retry_after
 from replica.typemap.schema import TableSchema
 
-__all__ = ["AUTH_RETRY_LIMIT", "Host", "InFlight", "Session", "follow"]
+__all__ = ["AUTH_RETRY_LIMIT", "Coordinator", "Host", "InFlight", "Session", "follow"]
 
 log = logging.getLogger("replica")
 #: Retries are logged here, so that a host with its own summary of failures (the daemon) can drop them by name.
@@ -44,6 +45,17 @@ QUICK_LIMIT = 5  # long-polls answered at once with nothing, in a row, before ba
 
 T = TypeVar("T")
 UnauthorizedHook = Callable[[int], Mapping[str, str] | None | Awaitable[Mapping[str, str] | None]]
+
+
+class Coordinator(Protocol):
+    """The consistency group a shape belongs to (``replica.sync.group.Group``), as its loop sees it."""
+
+    def staged(self, name: str, pending: Pending | None) -> None: ...
+    def up_to_date(self, name: str, complete: int | None) -> None: ...
+    def refetching(self, name: str) -> None: ...
+    def failed(self, name: str) -> None: ...
+    def attach(self, name: str, probe: Callable[[], None]) -> None: ...
+    async def visible(self, name: str, complete: int | None) -> bool: ...
 
 
 class Host(Protocol):
@@ -99,35 +111,51 @@ class InFlight(Generic[T]):
         await self._done.wait()
 
 
-async def follow(session: Session, host: Host, client: httpx.AsyncClient, shape: Shape, *, once: bool) -> None:
+async def follow(
+    session: Session, host: Host, client: httpx.AsyncClient, shape: Shape, *, once: bool,
+    group: Coordinator | None = None,
+) -> None:
     """Follow ``shape`` until cancelled; with ``once``, until it has published an up-to-date.
 
+    ``group``: the consistency group it belongs to, which publishes what it stages (R11).
     R7: replica's own errors are handled here; anything else is a bug that stops this shape only.
     """
     try:
         try:
             async with anyio.create_task_group() as staging:  # at most one staging step behind the fetch
-                await _Follower(session, host, client, shape, once, staging).run()
-        except BaseExceptionGroup as group:  # InFlight keeps its errors: only the loop's own can be here
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
+                await _Follower(session, host, client, shape, once, staging, group).run()
+        except BaseExceptionGroup as errors:  # InFlight keeps its errors: only the loop's own can be here
+            if len(errors.exceptions) == 1:
+                raise errors.exceptions[0] from None
             raise
     except Exception as exc:  # a bug: stop this shape, say so, keep the others going
         message = session.redact(f"internal error ({type(exc).__name__}): {exc}")
         log.error("shape %s stopped: %s", shape.local_name, message)
         log.debug("internal error in shape %s", shape.local_name, exc_info=True)
         host._set(shape.local_name, state="error", error=message)
+        if group is not None:
+            group.failed(shape.local_name)
 
 
 class _Follower:
     def __init__(
         self, session: Session, host: Host, client: httpx.AsyncClient, shape: Shape, once: bool,
-        staging: anyio.abc.TaskGroup,
+        staging: anyio.abc.TaskGroup, group: Coordinator | None,
     ) -> None:
         self.session, self.host, self.client, self.shape, self.once = session, host, client, shape, once
         self.name = shape.local_name
         self.staging = staging
+        self.group = group
         self.pending: InFlight[Applied] | None = None
+        self.poll: anyio.CancelScope | None = None  # the long-poll in flight, which a probe drops
+        self.refresh = False  # a probe asked for a non-live catch-up next
+        if group is not None:
+            group.attach(self.name, self._probe)
+
+    def _probe(self) -> None:
+        self.refresh = True
+        if self.poll is not None:
+            self.poll.cancel()
 
     async def run(self) -> None:
         session, name = self.session, self.name
@@ -136,6 +164,9 @@ class _Follower:
         attempt = quick = auth_retries = 0
         extra_headers: dict[str, str] = {}
         while True:
+            if self.refresh:
+                self.refresh = False
+                shape_log.refresh()
             request = shape_log.next_request()
             response = None
             sent_at = time.monotonic()
@@ -143,8 +174,14 @@ class _Follower:
                 headers = {**await session.headers(), **extra_headers}
                 timeout = session.live_timeout if request.live else session.request_timeout
                 params = await session.params()
-                response = await http.fetch(self.client, session.url, request, headers=headers, params=params,
-                                            timeout=timeout)
+                with anyio.CancelScope() as self.poll:
+                    if not request.live:
+                        self.poll = None  # only a long-poll is dropped for a probe
+                    response = await http.fetch(self.client, session.url, request, headers=headers, params=params,
+                                                timeout=timeout)
+                self.poll = None
+                if response is None:
+                    continue  # a probe dropped the long-poll: catch up instead
                 self.host._observe("response", name, status=response.status, size=len(response.body))
                 conversion: list[fast.Conversion | None] = []
 
@@ -155,17 +192,23 @@ class _Follower:
                 commit = shape_log.receive(response, ahead=ahead)
                 if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
                     self.host._observe("refetch", name)
+                    if self.group is not None:
+                        self.group.refetching(name)
                 attempt = 0
                 await self._collect()  # the previous staging step first: one writer, log order
+                converted = conversion[0] if conversion else None
                 if commit is not None and not commit.up_to_date:
                     # Stage in the writer thread while the next response downloads (SQLite runs
                     # without the GIL); its errors surface before anything else is written.
                     self.pending = InFlight()
                     self.staging.start_soon(self.pending.run, session.call_store, session.store.apply, commit,
-                                            conversion[0] if conversion else None)
+                                            converted)
+                elif commit is not None and self.group is not None:  # the group publishes it, with the others
+                    applied = await session.call_store(partial(session.store.apply, commit, converted, defer=True))
+                    self.host._observe("commit", name, applied=applied)
+                    self.group.staged(name, await session.call_store(session.store.pending, self.shape))
                 elif commit is not None:
-                    applied = await session.call_store(session.store.apply, commit,
-                                                       conversion[0] if conversion else None)
+                    applied = await session.call_store(session.store.apply, commit, converted)
                     self.host._observe("commit", name, applied=applied)
                     if applied.published:
                         await self.host._notify(applied)
@@ -183,6 +226,8 @@ class _Follower:
                 message = session.redact(str(exc))
                 log.error("shape %s stopped: %s", name, message)
                 self.host._set(name, state="error", error=message)
+                if self.group is not None:
+                    self.group.failed(name)
                 await session.call_store(session.store.set_state, name, "error", message)
                 return
             except (TransientError, ProtocolError, StoreError) as exc:
@@ -207,7 +252,11 @@ class _Follower:
                 quick = 0
             self.host._set(name, state="live" if shape_log.live else "syncing", error=None,
                           handle=shape_log.handle, offset=shape_log.offset)
-            if shape_log.live:
+            if shape_log.live and self.group is not None:
+                self.group.up_to_date(name, shape_log.complete)  # the group publishes, and says it is synced
+                if self.once and await self.group.visible(name, shape_log.complete):
+                    return  # (else a probe asked for another catch-up first)
+            elif shape_log.live:
                 self.host._set(name, last_synced_at=time.time())
                 self.host._reached(name)
                 if self.once:

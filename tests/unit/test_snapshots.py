@@ -125,7 +125,8 @@ def test_a_stage_an_older_replica_kept_typed_is_dropped_and_the_shape_resumes_pu
         store.apply(commit([change("insert", 1, title="a", n="1")], "0_inf", refetch=True))
         store.connection.execute('CREATE TABLE "_replica_rows_items" ("seq" INTEGER PRIMARY KEY, "op" INTEGER)')
         store.connection.execute(
-            'INSERT INTO "_replica_stages" VALUES (\'items\', ?, \'h1\', \'5_0\', NULL, NULL, 0, 3)', (ITEMS.definition(),))
+            'INSERT INTO "_replica_stages" ("name", "definition", "handle", "offset", "refetch", "changes") '
+            "VALUES ('items', ?, 'h1', '5_0', 0, 3)", (ITEMS.definition(),))
     with Store(path) as store:
         assert store.checkpoint(ITEMS) == commit([], "0_inf").checkpoint  # the published position
         assert store.status("items")[0].staged == 0

@@ -1,0 +1,75 @@
+"""Which Postgres transactions readers can see: ``_replica_txids`` and ``_replica_snapshots``.
+
+A change's txids are written when the change is staged (``published_at`` NULL) and marked published
+in the transaction that makes the change visible; a snapshot's visibility (its snapshot-end) is
+recorded when the snapshot is published. So a wait for an app's own write can be answered from the
+database alone, also after a restart. Published rows are kept ``KEEP_SECONDS``, at most ``KEEP_ROWS``.
+Used only inside the store's transactions and its apsw-error boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import apsw
+
+from replica.protocol.messages import Change
+from replica.protocol.txids import Visibility, change_lsn, change_txids
+
+__all__ = ["KEEP_ROWS", "KEEP_SECONDS", "discard", "publish", "recent", "record_snapshot", "snapshots", "stage"]
+
+KEEP_SECONDS = 600.0
+KEEP_ROWS = 10_000
+
+
+def stage(conn: apsw.Connection, name: str, changes: Iterable[Change]) -> None:
+    """Note the txids of ``changes``, which wait in a stage (or are about to be published)."""
+    rows = [(txid, change_lsn(change), name) for change in changes for txid in change_txids(change)]
+    if rows:
+        conn.executemany('INSERT INTO "_replica_txids" ("txid", "lsn", "name") VALUES (?, ?, ?)', rows)
+
+
+def publish(conn: apsw.Connection, name: str, now: float, upto: int | None = None) -> list[int]:
+    """Mark the staged txids of ``name`` (``upto``: at or below that LSN) visible; returns them."""
+    where, args = ('AND ("lsn" IS NULL OR "lsn" <= ?)', (upto,)) if upto is not None else ("", ())
+    published = [int(row[0]) for row in conn.execute(
+        f'UPDATE "_replica_txids" SET "published_at" = ? WHERE "name" = ? AND "published_at" IS NULL {where} '
+        'RETURNING "txid"', (now, name, *args))]
+    if published:
+        conn.execute('DELETE FROM "_replica_txids" WHERE "published_at" < ?', (now - KEEP_SECONDS,))
+        conn.execute(
+            'DELETE FROM "_replica_txids" WHERE "published_at" IS NOT NULL AND rowid <= (SELECT rowid '
+            'FROM "_replica_txids" WHERE "published_at" IS NOT NULL ORDER BY rowid DESC LIMIT 1 OFFSET ?)',
+            (KEEP_ROWS,),
+        )
+    return published
+
+
+def discard(conn: apsw.Connection, name: str) -> None:
+    """Forget the txids of a stage that will never be published (a refetch replaced it)."""
+    conn.execute('DELETE FROM "_replica_txids" WHERE "name" = ? AND "published_at" IS NULL', (name,))
+
+
+def record_snapshot(conn: apsw.Connection, name: str, seen: Visibility, now: float) -> None:
+    values = seen.to_json()
+    conn.execute(
+        'INSERT OR REPLACE INTO "_replica_snapshots" ("name", "xmin", "xmax", "xip_list", "published_at") '
+        "VALUES (?, ?, ?, ?, ?)",
+        (name, values["xmin"], values["xmax"], json.dumps(values["xip_list"]), now),
+    )
+
+
+def recent(conn: apsw.Connection) -> list[tuple[int, int | None, str, float]]:
+    """(txid, lsn, shape, published_at) of every published transaction kept, oldest first."""
+    return [(int(t), None if lsn is None else int(lsn), str(name), float(at))
+            for t, lsn, name, at in conn.execute(
+                'SELECT "txid", "lsn", "name", "published_at" FROM "_replica_txids" '
+                'WHERE "published_at" IS NOT NULL ORDER BY rowid')]
+
+
+def snapshots(conn: apsw.Connection) -> list[tuple[str, Visibility]]:
+    """What each shape's published snapshot saw."""
+    return [(str(name), Visibility(int(xmin), int(xmax), frozenset(int(x) for x in json.loads(str(xip)))))
+            for name, xmin, xmax, xip in conn.execute(
+                'SELECT "name", "xmin", "xmax", "xip_list" FROM "_replica_snapshots" ORDER BY "name"')]

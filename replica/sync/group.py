@@ -1,0 +1,158 @@
+"""A consistency group: shapes whose rows readers only see at one common Postgres LSN (R11).
+
+Each member's follow loop stages everything, up-to-date included (``Store.apply(defer=True)``), and
+tells the group how far the shape is complete (its latest up-to-date's ``global_last_seen_lsn``).
+The group publishes every member's staged changes at or below ``F`` — the smallest of those points —
+in one SQLite transaction (``Store.publish_group``), once every member has one and every staged
+snapshot is complete at or below ``F``; until then readers see the old rows (or none). A member
+that is behind the others only because it is quiet (its long-poll waits for a change that will not
+come) is probed: after ``PROBE_WINDOW`` its long-poll is dropped for a non-live catch-up, which
+Electric answers at once with a fresh up-to-date. A member stopped by an error (R7) leaves the group;
+its rows stay as last published.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from replica.protocol.shape import Shape
+from replica.store import Applied, Pending
+from replica.sync.follow import Host, Session
+
+__all__ = ["PROBE_WINDOW", "Group", "Member"]
+
+log = logging.getLogger("replica")
+
+PROBE_WINDOW = 0.1  # seconds to let natural up-to-dates arrive before probing (Electric's own client: 100 ms)
+
+
+@dataclass
+class Member:
+    """What the group knows of one member."""
+
+    shape: Shape
+    complete: int | None = None  # the LSN the shape is known complete up to, this run
+    snapshot: bool = False  # a staged snapshot is pending …
+    snapshot_lsn: int | None = None  # … complete at this LSN (None: still arriving)
+    staged: bool = False  # something waits to be published
+    failed: bool = False
+    probe: Callable[[], None] | None = None  # drops the member's long-poll for a catch-up (set by its loop)
+    probed_at: float = -1.0
+
+
+class Group:
+    """The coordinator; ``run`` it as a task next to its members' follow loops."""
+
+    def __init__(self, name: str, shapes: Sequence[Shape], session: Session, host: Host) -> None:
+        self.name = name
+        self.members = {shape.local_name: Member(shape) for shape in shapes}
+        self._session = session
+        self._host = host
+        self._wake = anyio.Event()
+        self._published = anyio.Event()  # set (and renewed) at each publish and each probe
+        self.published: int | None = None  # the group's LSN, once it has published this run
+        self.probes = 0  # catch-up requests asked of quiet members (for measurements)
+
+    # --- what the members' loops say ---
+
+    def staged(self, name: str, pending: Pending | None) -> None:
+        member = self.members[name]
+        member.snapshot = pending is not None and pending.refetch
+        member.snapshot_lsn = pending.snapshot_lsn if pending is not None else None
+        member.staged = pending is not None
+        self._nudge()
+
+    def up_to_date(self, name: str, complete: int | None) -> None:
+        member = self.members[name]
+        if complete is not None and (member.complete is None or complete > member.complete):
+            member.complete = complete
+            self._nudge()
+
+    def refetching(self, name: str) -> None:
+        """A 409 (or a new definition): the member's rows stay until its new snapshot can be published."""
+        member = self.members[name]
+        member.complete, member.snapshot, member.snapshot_lsn, member.staged = None, True, None, True
+        self._nudge()
+
+    def failed(self, name: str) -> None:
+        self.members[name].failed = True
+        self._nudge()
+
+    def attach(self, name: str, probe: Callable[[], None]) -> None:
+        self.members[name].probe = probe
+
+    async def visible(self, name: str, complete: int | None) -> bool:
+        """Wait until the group has published at or past ``complete`` (True), or a probe asks the
+        member for another catch-up first (False). For ``run(once=True)``: a member stops only
+        once its rows are visible."""
+        member = self.members[name]
+        while True:
+            if self.published is not None and complete is not None and self.published >= complete:
+                return True
+            asked = member.probed_at
+            await self._published.wait()
+            if member.probed_at != asked:
+                return False
+
+    def _nudge(self) -> None:
+        self._wake.set()
+
+    def _renew(self) -> None:
+        published, self._published = self._published, anyio.Event()
+        published.set()
+
+    # --- the coordinator ---
+
+    async def run(self) -> None:
+        for name, member in self.members.items():  # what an earlier run left staged
+            self.staged(name, await self._session.call_store(self._session.store.pending, member.shape))
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await self._step()
+
+    async def _step(self) -> None:
+        active = [m for m in self.members.values() if not m.failed]
+        if not active or any(m.complete is None or (m.snapshot and m.snapshot_lsn is None) for m in active):
+            return  # a member has not reached up-to-date yet: its own loop moves on, no probe helps
+        upto = min(m.complete for m in active if m.complete is not None)
+        snapshots = max((m.snapshot_lsn for m in active if m.snapshot_lsn is not None), default=upto)
+        if upto >= snapshots and any(m.staged for m in active):
+            await self._publish(active, upto)  # everything staged at or below upto; later changes wait
+        target = max([snapshots] + [m.complete for m in active if m.staged and m.complete is not None])
+        if upto < target:
+            await self._probe([m for m in active if m.complete is not None and m.complete < target], target)
+
+    async def _publish(self, active: list[Member], upto: int) -> None:
+        session = self._session
+        applied: list[Applied] = await session.call_store(
+            session.store.publish_group, self.name, [m.shape for m in active], upto
+        )
+        for done in applied:
+            self.staged(done.name, await session.call_store(session.store.pending, self.members[done.name].shape))
+        self.published = upto
+        self._renew()
+        now = time.time()
+        for done in applied:
+            await self._host._notify(done)
+            self._host._set(done.name, rows=done.rows)
+        for member in active:
+            self._host._set(member.shape.local_name, last_synced_at=now)
+            self._host._reached(member.shape.local_name)
+
+    async def _probe(self, behind: list[Member], target: int) -> None:
+        await anyio.sleep(PROBE_WINDOW)  # natural up-to-dates often arrive meanwhile: then no probe is sent
+        now = time.monotonic()
+        for member in behind:
+            still = member.complete is not None and member.complete < target and not member.failed
+            if still and member.probe is not None and now - member.probed_at >= PROBE_WINDOW:
+                member.probed_at = now
+                self.probes += 1
+                member.probe()
+                self._renew()
+        self._nudge()  # look again once the answers are in (the next window at the earliest)
