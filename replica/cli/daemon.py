@@ -8,7 +8,6 @@ after a 401/403, progress during the initial sync, and redacted, rate-limited lo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -18,16 +17,16 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from replica.cli.config import Config, Source
+from replica.cli.endpoint import Endpoint, url_host
 from replica.cli.exits import EXIT_FATAL, EXIT_OK, EXIT_USAGE
 from replica.cli.logs import FailureLog, Progress, setup_logging
-from replica.cli.metrics import CONTENT_TYPE, Metrics
+from replica.cli.metrics import Metrics
 from replica.errors import ConfigError, ReplicaError, ShapeError
 from replica.redaction import Redactor, is_sensitive
 from replica.status import ShapeStatus
@@ -55,13 +54,13 @@ def run_daemon(config: Config, *, listen: tuple[str, int] | None = None, once: b
     if not once or listen is not None:  # --once is for scripts and init containers: no port unless asked
         host, port = listen or config.listen
         try:
-            server = _Server((host, port), daemon)
+            server = Endpoint((host, port), daemon)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s; choose another with --listen or `listen =`",
                       host, port, exc.strerror)
             return EXIT_FATAL
         bound = server.server_address
-        log.info("serving /healthz /readyz /metrics on http://%s:%d", _host(str(bound[0])), bound[1])
+        log.info("serving /healthz /readyz /metrics /txid on http://%s:%d", url_host(str(bound[0])), bound[1])
         threading.Thread(target=server.serve_forever, name="replica-http", daemon=True).start()
     try:
         return anyio.run(daemon.main, once)
@@ -268,51 +267,3 @@ def notify_systemd(message: str) -> None:
             sock.sendall(message.encode())
     except OSError as exc:
         log.warning("cannot notify systemd at NOTIFY_SOCKET: %s", exc.strerror or exc)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a slow scraper never delays shutdown
-
-    def __init__(self, address: tuple[str, int], daemon: Daemon) -> None:
-        self.replica_daemon = daemon
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "replica"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        daemon = self.server.replica_daemon
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            self._send(200, "application/json", b'{"status": "ok"}\n')
-        elif path == "/readyz":
-            ready, body = daemon.readiness()
-            self._send(200 if ready else 503, "application/json", json.dumps(body).encode() + b"\n")
-        elif path == "/metrics":
-            self._send(200, CONTENT_TYPE, daemon.redact(daemon.metrics.render().decode()).encode())
-        else:
-            self._send(404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n")
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s - %s", self.address_string(), format % args)
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -155,6 +155,10 @@ async def _receive_all(channel: Channel, parent: Parent, auth: Auth, outcome: li
             parent._observe(message[1], message[2], **message[3])
         elif kind == "reached":
             parent._reached(message[1])
+        elif kind == "known":
+            parent._known(message[1], message[2])
+        elif kind == "published":
+            parent._published(message[1])
         elif kind == "log":
             _relog(message[1])
         elif kind == ASK:

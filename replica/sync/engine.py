@@ -77,6 +77,7 @@ async def run_engine(
     store: Store = await call_store(Store, config.db_path)
     if opened is not None:
         opened(store)
+    host._known(*await call_store(store.visible))
     converter = fast.Converter()
     params = _with_secret(auth.params, config.secret)
     session = Session(config.url, store, converter, config.backoff, config.live_timeout, config.request_timeout,

@@ -28,6 +28,7 @@ from replica import fast
 from replica.errors import ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
 from replica.protocol.shape import Shape
 from replica.protocol.shapelog import Checkpoint, ShapeLog
+from replica.protocol.txids import Visibility
 from replica.redaction import Redactor
 from replica.store import Applied, Pending, Store
 from replica.sync import http
@@ -65,6 +66,10 @@ class Host(Protocol):
     def _observe(self, kind: str, name: str, **fields: Any) -> None: ...
     async def _notify(self, applied: Applied) -> None: ...
     def _reached(self, name: str) -> None: ...
+    def _published(self, applied: list[Applied]) -> None:
+        """What one transaction made visible (before its listeners hear of it, one by one)."""
+    def _known(self, txids: list[tuple[int, int | None, str, float]], snapshots: list[tuple[str, Visibility]]) -> None:
+        """What the store remembers as visible, at start (``Store.visible``)."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,7 @@ class _Follower:
                     applied = await session.call_store(session.store.apply, commit, converted)
                     self.host._observe("commit", name, applied=applied)
                     if applied.published:
+                        self.host._published([applied])
                         await self.host._notify(applied)
                         self.host._set(name, rows=applied.rows)
             except ShapeError as exc:

@@ -138,6 +138,7 @@ class Group:
         self.published = upto
         self._renew()
         now = time.time()
+        self._host._published(applied)
         for done in applied:
             await self._host._notify(done)
             self._host._set(done.name, rows=done.rows)

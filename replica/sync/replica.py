@@ -29,6 +29,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from replica.errors import ConfigError, ShapeError
 from replica.protocol.shape import Shape
+from replica.protocol.txids import Visibility
 from replica.redaction import Redactor, redact_url
 from replica.status import ShapeStatus
 from replica.store import Applied, Store
@@ -38,6 +39,7 @@ from replica.sync.child import can_run_child, run_child
 from replica.sync.engine import Auth, SyncConfig, run_engine
 from replica.sync.events import SyncEvent
 from replica.sync.follow import UnauthorizedHook
+from replica.sync.visible import Seen, Visible
 
 __all__ = ["CHILD", "INLINE", "Replica"]
 
@@ -114,6 +116,7 @@ class Replica:
         self._streams: list[MemoryObjectSendStream[Applied]] = []
         self._cancel: anyio.CancelScope | None = None
         self._store: Store | None = None
+        self._visible = Visible()
         self._portal_cm: Any = None
         self._portal: anyio.from_thread.BlockingPortal | None = None
         self._future: Future[None] | None = None
@@ -193,6 +196,21 @@ class Replica:
     def status(self) -> list[ShapeStatus]:
         return [self._states[s.local_name] for s in self.shapes]
 
+    async def txid_synced(self, txid: int | str, timeout: float | None = None) -> bool:
+        """Wait until readers see the Postgres transaction ``txid`` (your own write's
+        ``pg_current_xact_id()``): a published commit applied a change of it, or a published snapshot
+        contains it. False if ``timeout`` seconds pass first (a transaction that changed no synced row
+        never appears). ValueError if ``txid`` is not a transaction id."""
+        return await self._visible.wait(txid, timeout) is not None
+
+    def wait_until_txid(self, txid: int | str, timeout: float | None = None) -> bool:
+        """``txid_synced`` for threaded code: block until readers see ``txid``; False on timeout."""
+        return self._visible.wait_blocking(txid, timeout) is not None
+
+    def txid_seen(self, txid: int | str) -> Seen | None:
+        """The shapes (and commit LSN) in which readers see ``txid`` now, else None."""
+        return self._visible.seen(txid)
+
     # --- threaded API ---
 
     def start(self) -> None:
@@ -252,6 +270,9 @@ class Replica:
         except Exception:  # an observer's bug must not stop the sync
             log.exception("sync observer failed")
 
+    def _published(self, applied: list[Applied]) -> None:
+        self._visible.published(applied)
+
     async def _notify(self, applied: Applied) -> None:
         for callback in list(self._listeners):
             try:
@@ -266,6 +287,9 @@ class Replica:
 
     def _opened(self, store: Store | None) -> None:
         self._store = store  # inline only: the writer's Store, for diagnostics and fault injection in tests
+
+    def _known(self, txids: list[tuple[int, int | None, str, float]], snapshots: list[tuple[str, Visibility]]) -> None:
+        self._visible.add([(txid, lsn, name) for txid, lsn, name, _at in txids], snapshots)
 
     @property
     def observing(self) -> bool:

@@ -62,6 +62,12 @@ class _PipeHost:
     def _reached(self, name: str) -> None:
         self._channel.post("reached", name)
 
+    def _published(self, applied: list[Applied]) -> None:
+        self._channel.post("published", applied)
+
+    def _known(self, txids: list[tuple[int, int | None, str, float]], snapshots: list[tuple[str, Any]]) -> None:
+        self._channel.post("known", txids, snapshots)
+
 
 class _ForwardLogs(logging.Handler):
     """Log records go to the parent, which hands them to its own logging (its handlers, levels, redaction)."""

@@ -54,6 +54,7 @@ class Transaction:
         self._db = db
         self.changes: list[Change] = []
         self.lsn: int | None = None
+        self.txid: int | None = None  # Postgres' pg_current_xact_id(), set at commit
 
     def insert(self, table: str, row: Mapping[str, str | None]) -> None:
         """Insert a row; columns not given are NULL. A duplicate identity raises ValueError."""
@@ -170,14 +171,15 @@ class Database:
                 raise
             else:
                 tx.lsn = self._commit(tx.changes)
+                tx.txid = self.txid
             finally:
                 self._in_transaction = False
         self.on_change()
 
     def _commit(self, changes: list[Change]) -> int:
+        self.txid += 1  # as if the app asked pg_current_xact_id(), which assigns one
         if not changes:
             return self.lsn  # Postgres logs nothing for a transaction that changed nothing
-        self.txid += 1
         self.lsn += self._rng.randint(64, 4096)
         append_transaction(self.shapes.values(), changes, self.txid, self.lsn)
         return self.lsn
