@@ -174,6 +174,34 @@ class ShapeLog:
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.handle, self.offset, self.cursor, self.schema, self.live)
 
+    def probe_request(self) -> Request | None:
+        """A non-live catch-up at the current position, to send beside the long-poll in flight: its
+        answer (``probe_answer``) says how far the shape is complete without moving the log. None
+        before the first up-to-date (no position worth asking about)."""
+        if self.offset == wire.OFFSET_BEFORE_ALL or self.handle is None:
+            return None
+        params = [p for p in self.next_request().params if p[0] not in (wire.P_LIVE, wire.P_CURSOR)]
+        return Request(tuple(params), False)
+
+    def probe_answer(self, response: Response) -> int | None:
+        """The complete LSN if ``response`` (to ``probe_request``) is a bare up-to-date at the log's own
+        position; None otherwise (it carries changes, an error, another handle, another offset: the
+        log itself must catch up). Pure and changes nothing."""
+        headers = response.headers
+        if (response.status != 200 or headers.get(wire.H_HANDLE) != self.handle
+                or headers.get(wire.H_OFFSET) != self.offset or len(response.body) > 4096):
+            return None
+        try:
+            messages = parse_body(response.body)
+        except ProtocolError:
+            return None
+        if len(messages) != 1 or not isinstance(messages[0], Control) or messages[0].control != wire.UP_TO_DATE:
+            return None
+        try:
+            return _read_controls([messages[0].headers], True)[0]
+        except ProtocolError:
+            return None
+
     def refresh(self) -> None:
         """Ask the next request as a non-live catch-up at the current position (a probe for a fresh
         up-to-date, whose ``global_last_seen_lsn`` says how far the shape is complete): Electric

@@ -20,7 +20,7 @@ from replica.protocol.messages import Change
 from replica.protocol.txids import change_lsn
 from replica.typemap.schema import TableSchema
 
-__all__ = ["append", "clear", "count", "read"]
+__all__ = ["append", "clear", "count", "lowest", "read"]
 
 _READ_BATCH = 1000
 
@@ -62,6 +62,13 @@ def read(
         for _seq, operation, key, value in batch:
             yield str(operation), str(key), json.loads(str(value))
         after = int(batch[-1][0])  # type: ignore[arg-type]  # seq: an INTEGER PRIMARY KEY
+
+
+def lowest(conn: apsw.Connection, name: str) -> int | None:
+    """The smallest LSN staged for ``name`` (0 for a change without one); None if nothing is staged."""
+    row = conn.execute('SELECT min(coalesce("lsn", 0)), count(*) FROM "_replica_staging" WHERE "name" = ?',
+                       (name,)).fetchone()
+    return None if row is None or not row[1] else int(row[0])
 
 
 def count(conn: apsw.Connection, name: str) -> int:

@@ -42,11 +42,13 @@ __all__ = ["STATE_SQL", "Applied", "Pending", "Store"]
 @dataclass(frozen=True)
 class Pending:
     """What a consistency group's member has staged: a snapshot (``refetch``; complete at
-    ``snapshot_lsn``, or not yet if None) and/or ``changes`` waiting in the change log."""
+    ``snapshot_lsn``, or not yet if None) and/or ``changes`` waiting in the change log, the
+    earliest at LSN ``lowest`` (0 for one without an LSN)."""
 
     refetch: bool
     snapshot_lsn: int | None
     changes: int
+    lowest: int | None = None
 
 
 def _complete(commit: Commit) -> int:
@@ -195,7 +197,8 @@ class Store:
             stage = positions.load_stage(conn, shape.local_name)
             if stage is None or stage.definition != shape.definition():
                 return None
-            return Pending(stage.refetch, stage.snapshot_lsn, changelog.count(conn, shape.local_name))
+            return Pending(stage.refetch, stage.snapshot_lsn, changelog.count(conn, shape.local_name),
+                           changelog.lowest(conn, shape.local_name))
 
     def visible(self) -> tuple[list[tuple[int, int | None, str, float]], list[tuple[str, Visibility]]]:
         """The published transactions kept, and what each published snapshot saw (``txlog``)."""

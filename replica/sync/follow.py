@@ -57,6 +57,7 @@ class Coordinator(Protocol):
     def failed(self, name: str) -> None: ...
     def attach(self, name: str, probe: Callable[[], None]) -> None: ...
     async def visible(self, name: str, complete: int | None) -> bool: ...
+    def poke(self) -> None: ...
 
 
 class Host(Protocol):
@@ -152,20 +153,44 @@ class _Follower:
         self.staging = staging
         self.group = group
         self.pending: InFlight[Applied] | None = None
-        self.poll: anyio.CancelScope | None = None  # the long-poll in flight, which a probe drops
+        self.poll: anyio.CancelScope | None = None  # the long-poll in flight, which a probe may drop
         self.refresh = False  # a probe asked for a non-live catch-up next
+        self.log: ShapeLog | None = None
+        self.probing = False
         if group is not None:
             group.attach(self.name, self._probe)
 
     def _probe(self) -> None:
-        self.refresh = True
-        if self.poll is not None:
-            self.poll.cancel()
+        """The group asks how far this quiet shape is complete: a non-live catch-up beside the long-poll."""
+        if not self.probing:
+            self.probing = True
+            self.staging.start_soon(self._catch_up)
+
+    async def _catch_up(self) -> None:
+        session, shape_log, complete = self.session, self.log, None
+        try:
+            request = shape_log.probe_request() if shape_log is not None else None
+            if request is not None and shape_log is not None:
+                response = await http.fetch(self.client, session.url, request, headers=await session.headers(),
+                                            params=await session.params(), timeout=session.request_timeout)
+                complete = shape_log.probe_answer(response)
+        except (TransientError, ProtocolError, ShapeError) as exc:  # the loop's own requests will meet it too
+            log.debug("shape %s: a catch-up for its group failed: %s", self.name, self.session.redact(str(exc)))
+        finally:
+            self.probing = False
+        if complete is not None and self.group is not None and shape_log is self.log:
+            self.group.up_to_date(self.name, complete)  # the log did not move: nothing else to do
+        else:  # it has news (or the probe failed): the log catches up itself
+            self.refresh = True
+            if self.poll is not None:
+                self.poll.cancel()
+            if self.group is not None:
+                self.group.poke()  # a run(once) member waiting for the group hears of it
 
     async def run(self) -> None:
         session, name = self.session, self.name
         self.host._set(name, state="connecting")
-        shape_log = await self._rebuild()
+        shape_log = self.log = await self._rebuild()
         attempt = quick = auth_retries = 0
         extra_headers: dict[str, str] = {}
         while True:
@@ -247,7 +272,7 @@ class _Follower:
                 self.host._set(name, state="offline", error=message)
                 await anyio.sleep(delay)
                 if not isinstance(exc, TransientError):
-                    shape_log = await self._rebuild()  # rows and checkpoint are atomic: it matches the disk
+                    shape_log = self.log = await self._rebuild()  # rows and checkpoint are atomic: disk matches
                 continue
             auth_retries = 0
             if commit is None and request.live and time.monotonic() - sent_at < 0.05:
@@ -260,8 +285,12 @@ class _Follower:
                           handle=shape_log.handle, offset=shape_log.offset)
             if shape_log.live and self.group is not None:
                 self.group.up_to_date(name, shape_log.complete)  # the group publishes, and says it is synced
-                if self.once and await self.group.visible(name, shape_log.complete):
-                    return  # (else a probe asked for another catch-up first)
+                if self.once:
+                    while not await self.group.visible(name, shape_log.complete):
+                        if self.refresh:
+                            break  # the group needs a catch-up of this shape first
+                    else:
+                        return
             elif shape_log.live:
                 self.host._set(name, last_synced_at=time.time())
                 self.host._reached(name)

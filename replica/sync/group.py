@@ -6,9 +6,10 @@ The group publishes every member's staged changes at or below ``F`` — the smal
 in one SQLite transaction (``Store.publish_group``), once every member has one and every staged
 snapshot is complete at or below ``F``; until then readers see the old rows (or none). A member
 that is behind the others only because it is quiet (its long-poll waits for a change that will not
-come) is probed: after ``PROBE_WINDOW`` its long-poll is dropped for a non-live catch-up, which
-Electric answers at once with a fresh up-to-date. A member stopped by an error (R7) leaves the group;
-its rows stay as last published.
+come) is probed at once: its long-poll is dropped for a non-live catch-up, which Electric answers at
+once with a fresh up-to-date; a member is probed at most once per ``PROBE_WINDOW`` (later needs wait
+for the window's end), so a burst of changes costs one catch-up per quiet member per window. A member
+stopped by an error (R7) leaves the group; its rows stay as last published.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = ["PROBE_WINDOW", "Group", "Member"]
 
 log = logging.getLogger("replica")
 
-PROBE_WINDOW = 0.1  # seconds to let natural up-to-dates arrive before probing (Electric's own client: 100 ms)
+PROBE_WINDOW = 0.1  # a member is asked for a catch-up at most once per window (Electric's own client waits 100 ms)
 
 
 @dataclass
@@ -39,7 +40,8 @@ class Member:
     complete: int | None = None  # the LSN the shape is known complete up to, this run
     snapshot: bool = False  # a staged snapshot is pending …
     snapshot_lsn: int | None = None  # … complete at this LSN (None: still arriving)
-    staged: bool = False  # something waits to be published
+    staged: bool = False  # something waits to be published …
+    lowest: int | None = None  # … the earliest change at this LSN
     failed: bool = False
     probe: Callable[[], None] | None = None  # drops the member's long-poll for a catch-up (set by its loop)
     probed_at: float = -1.0
@@ -54,6 +56,8 @@ class Group:
         self._session = session
         self._host = host
         self._wake = anyio.Event()
+        self._due: float | None = None  # when the next probe may go out (monotonic), if one waits
+        self._due_set = anyio.Event()
         self._published = anyio.Event()  # set (and renewed) at each publish and each probe
         self.published: int | None = None  # the group's LSN, once it has published this run
         self.probes = 0  # catch-up requests asked of quiet members (for measurements)
@@ -65,6 +69,7 @@ class Group:
         member.snapshot = pending is not None and pending.refetch
         member.snapshot_lsn = pending.snapshot_lsn if pending is not None else None
         member.staged = pending is not None
+        member.lowest = pending.lowest if pending is not None else None
         self._nudge()
 
     def up_to_date(self, name: str, complete: int | None) -> None:
@@ -76,7 +81,8 @@ class Group:
     def refetching(self, name: str) -> None:
         """A 409 (or a new definition): the member's rows stay until its new snapshot can be published."""
         member = self.members[name]
-        member.complete, member.snapshot, member.snapshot_lsn, member.staged = None, True, None, True
+        member.complete, member.snapshot, member.snapshot_lsn = None, True, None
+        member.staged, member.lowest = True, None
         self._nudge()
 
     def failed(self, name: str) -> None:
@@ -85,6 +91,10 @@ class Group:
 
     def attach(self, name: str, probe: Callable[[], None]) -> None:
         self.members[name].probe = probe
+
+    def poke(self) -> None:
+        """Wake the members waiting in ``visible``."""
+        self._renew()
 
     async def visible(self, name: str, complete: int | None) -> bool:
         """Wait until the group has published at or past ``complete`` (True), or a probe asks the
@@ -111,10 +121,22 @@ class Group:
     async def run(self) -> None:
         for name, member in self.members.items():  # what an earlier run left staged
             self.staged(name, await self._session.call_store(self._session.store.pending, member.shape))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._timer)
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                await self._step()
+
+    async def _timer(self) -> None:
+        """Look again when a member that could not be probed yet (probed within the window) can be."""
         while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            await self._step()
+            await self._due_set.wait()
+            self._due_set = anyio.Event()
+            while self._due is not None:
+                due, self._due = self._due, None
+                await anyio.sleep(max(0.0, due - time.monotonic()))
+                self._nudge()
 
     async def _step(self) -> None:
         active = [m for m in self.members.values() if not m.failed]
@@ -122,11 +144,11 @@ class Group:
             return  # a member has not reached up-to-date yet: its own loop moves on, no probe helps
         upto = min(m.complete for m in active if m.complete is not None)
         snapshots = max((m.snapshot_lsn for m in active if m.snapshot_lsn is not None), default=upto)
-        if upto >= snapshots and any(m.staged for m in active):
+        if upto >= snapshots and any(_due(m, upto) for m in active):
             await self._publish(active, upto)  # everything staged at or below upto; later changes wait
         target = max([snapshots] + [m.complete for m in active if m.staged and m.complete is not None])
         if upto < target:
-            await self._probe([m for m in active if m.complete is not None and m.complete < target], target)
+            self._probe([m for m in active if m.complete is not None and m.complete < target])
 
     async def _publish(self, active: list[Member], upto: int) -> None:
         session = self._session
@@ -146,14 +168,31 @@ class Group:
             self._host._set(member.shape.local_name, last_synced_at=now)
             self._host._reached(member.shape.local_name)
 
-    async def _probe(self, behind: list[Member], target: int) -> None:
-        await anyio.sleep(PROBE_WINDOW)  # natural up-to-dates often arrive meanwhile: then no probe is sent
+    def _probe(self, behind: list[Member]) -> None:
+        """Ask the members behind for a catch-up now, or (probed within the window) at its end."""
         now = time.monotonic()
+        later = []
         for member in behind:
-            still = member.complete is not None and member.complete < target and not member.failed
-            if still and member.probe is not None and now - member.probed_at >= PROBE_WINDOW:
+            if member.probe is None:
+                continue  # not following yet: its first up-to-date is on its way
+            if now - member.probed_at >= PROBE_WINDOW:
                 member.probed_at = now
                 self.probes += 1
                 member.probe()
-                self._renew()
-        self._nudge()  # look again once the answers are in (the next window at the earliest)
+            else:
+                later.append(member.probed_at + PROBE_WINDOW)
+        if later:
+            self._renew()  # a run(once) member waiting in visible() learns of its probe
+            due = min(later)
+            if self._due is None or due < self._due:
+                self._due = due
+                self._due_set.set()
+        elif behind:
+            self._renew()
+
+
+def _due(member: Member, upto: int) -> bool:
+    """True if publishing at ``upto`` would show something of ``member``'s."""
+    if member.snapshot:
+        return member.snapshot_lsn is not None and member.snapshot_lsn <= upto
+    return member.lowest is not None and member.lowest <= upto

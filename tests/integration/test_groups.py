@@ -141,3 +141,17 @@ def test_a_shape_outside_any_group_publishes_on_its_own(tmp_path: Path) -> None:
                                                                    Shape("acct_b", group=None)]) as replica:
         wait(lambda: any(s.state == "live" for s in replica.status()), 10, "one shape on its own")
         assert sum(s.state == "live" for s in replica.status()) == 1
+
+
+def test_run_once_returns_when_the_group_has_published_every_member(tmp_path: Path) -> None:
+    import anyio
+
+    fake = accounts(long_poll=20.0)
+    db = tmp_path / "g.db"
+    with serve_in_thread(fake) as server:
+        started = time.monotonic()
+        anyio.run(lambda: Replica(db, server.url, [Shape("acct_a"), Shape("acct_b")]).run(once=True))
+        fake.update("acct_b", {"id": "1", "amount": "1"})  # after a first run: a second resumes and catches up
+        anyio.run(lambda: Replica(db, server.url, [Shape("acct_a"), Shape("acct_b")]).run(once=True))
+        assert time.monotonic() - started < 15, "a member waited for a long-poll"
+    assert converged(fake, db)
