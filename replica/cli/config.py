@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 
 from replica.errors import ConfigError
-from replica.protocol.shape import Shape
+from replica.protocol.shape import DEFAULT_GROUP, Shape
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Config", "Source", "load_config", "parse_listen", "schema"]
 
@@ -171,6 +171,7 @@ def parse_config(
                 replica=item.get("replica", "default"),
                 name=item.get("name"),
                 types=item.get("types", {}),
+                group=_group(item.get("group", DEFAULT_GROUP)),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None  # Shape's messages start with the field name
@@ -196,6 +197,10 @@ def parse_config(
         path=path,
         ca_file=ca_file,
     )
+
+
+def _group(value: str | bool) -> str | None:
+    return None if value is False else str(value)
 
 
 def parse_listen(text: str, field: str = "--listen") -> tuple[str, int]:
@@ -267,6 +272,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"{where}: must be one of {', '.join(map(repr, expected))}"
     if kind == "type":
         return f"{where}: must be {_a(expected)}, not {_a(_toml_type(instance))}"
+    if kind == "oneOf" and where.endswith(".group"):
+        return f"{where}: must be a consistency group's name, or false"
     if kind == "oneOf":
         return f"{where}: must be a string, {{file = PATH}} or {{command = [ARGV...]}}"
     if kind == "pattern":

@@ -162,6 +162,7 @@ class Group:
         now = time.time()
         self._host._published(applied)
         for done in applied:
+            self._host._observe("commit", done.name, applied=done)
             await self._host._notify(done)
             self._host._set(done.name, rows=done.rows)
         for member in active:

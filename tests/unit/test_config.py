@@ -199,3 +199,10 @@ def test_readme_config_reference_matches_the_schema() -> None:
     shape_props = schema()["$defs"]["shape"]["properties"]
     keys = set(props) - {"shapes"} | {f"shapes[].{name}" for name in shape_props}
     assert documented == keys
+
+
+def test_a_shape_names_its_consistency_group_or_opts_out() -> None:
+    raw = {**MINIMAL, "shapes": [{"table": "a"}, {"table": "b", "group": "orders"}, {"table": "c", "group": False}]}
+    assert [s.group for s in parse(raw).shapes] == ["default", "orders", None]
+    with pytest.raises(ConfigError, match=r"shapes\[0\]\.group: must be a consistency group's name, or false"):
+        parse({**MINIMAL, "shapes": [{"table": "a", "group": True}]})
