@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import threading
@@ -67,7 +66,7 @@ def client(url: str, db: str, shapes: int, grouped: str, count: int) -> None:
 
     def on_commit(applied: Any) -> None:
         if applied.name == "s1" and applied.updated:
-            for key in applied.keys.get("update", ()):
+            for _key in applied.keys.get("update", ()):
                 seen[str(len(seen) + 1)] = now_ms()
             if len(seen) >= count:
                 done.set()
