@@ -25,7 +25,7 @@ from replica.protocol.shape import Shape
 from replica.store import Applied, Pending
 from replica.sync.follow import Host, Session
 
-__all__ = ["PROBE_WINDOW", "Group", "Member"]
+__all__ = ["PROBE_WINDOW", "Group", "Member", "Plan", "plan"]
 
 log = logging.getLogger("replica")
 
@@ -140,15 +140,12 @@ class Group:
 
     async def _step(self) -> None:
         active = [m for m in self.members.values() if not m.failed]
-        if not active or any(m.complete is None or (m.snapshot and m.snapshot_lsn is None) for m in active):
-            return  # a member has not reached up-to-date yet: its own loop moves on, no probe helps
-        upto = min(m.complete for m in active if m.complete is not None)
-        snapshots = max((m.snapshot_lsn for m in active if m.snapshot_lsn is not None), default=upto)
-        if upto >= snapshots and any(_due(m, upto) for m in active):
-            await self._publish(active, upto)  # everything staged at or below upto; later changes wait
-        target = max([snapshots] + [m.complete for m in active if m.staged and m.complete is not None])
-        if upto < target:
-            self._probe([m for m in active if m.complete is not None and m.complete < target])
+        decided = plan(active)
+        if decided.publish is not None:
+            await self._publish(active, decided.publish)  # everything staged at or below it; later changes wait
+            decided = plan(active)
+        if decided.probe:
+            self._probe([self.members[name] for name in decided.probe])
 
     async def _publish(self, active: list[Member], upto: int) -> None:
         session = self._session
@@ -190,6 +187,38 @@ class Group:
                 self._due_set.set()
         elif behind:
             self._renew()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a group should do now: publish at ``publish`` (an LSN), and/or ask ``probe`` to catch up."""
+
+    publish: int | None
+    probe: tuple[str, ...]
+
+
+def plan(members: Sequence[Member]) -> Plan:
+    """The group's decision, from what it knows of its (active) members. Pure.
+
+    Publish at ``F = min(complete)`` once every member has reached up-to-date this run, every staged
+    snapshot is complete at or below ``F``, and something staged is at or below ``F``. Probe the
+    members whose complete LSN is below what the others need (a staged snapshot's LSN, or a staged
+    change's member's complete LSN).
+    """
+    if not members or any(m.complete is None or (m.snapshot and m.snapshot_lsn is None) for m in members):
+        return Plan(None, ())  # a member has not reached up-to-date yet: its own loop moves on
+    upto = min(m.complete for m in members if m.complete is not None)
+    snapshots = max((m.snapshot_lsn for m in members if m.snapshot_lsn is not None), default=upto)
+    publish = upto if upto >= snapshots and any(_due(m, upto) for m in members) else None
+    waiting = [m for m in members if m.staged and not (publish is not None and _all_due(m, upto))]
+    target = max([snapshots] + [m.complete for m in waiting if m.complete is not None])
+    behind = tuple(m.shape.local_name for m in members if m.complete is not None and m.complete < target)
+    return Plan(publish, behind)
+
+
+def _all_due(member: Member, upto: int) -> bool:
+    """True if publishing at ``upto`` leaves nothing of ``member``'s staged (as far as the group knows)."""
+    return member.complete is not None and member.complete <= upto
 
 
 def _due(member: Member, upto: int) -> bool:
