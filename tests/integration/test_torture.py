@@ -37,3 +37,21 @@ def test_kill9_torture_short(tmp_path: Path) -> None:
     assert counts["final_rows"] > 0 and counts["mutations"] > 0, line
     hit = [phase for phase in ("initial", "staging", "commit", "live") if counts[phase] > 0]
     assert len(hit) >= 3, f"the kills hit too few phases: {line}"
+
+
+@pytest.mark.integration
+@pytest.mark.guarantee("R11")
+@pytest.mark.guarantee("R3")
+def test_kill9_torture_of_a_consistency_group_short(tmp_path: Path) -> None:
+    """scripts/torture/groups.py: `replica run` with two shapes in one group, killed with SIGKILL at random
+    moments while amounts move between the tables: never half a transfer visible, the group's LSN never
+    goes back, and the last run converges."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "torture" / "groups.py"), "--kills", "12", "--seed", "5",
+         "--time-limit", "60", "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip().splitlines()[-1]
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    assert counts["kills"] == 12 and counts["both_visible"] >= 6 and "converged=yes" in line, line
