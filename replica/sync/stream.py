@@ -74,32 +74,35 @@ class LiveMode:
         request: Request,
         write: Callable[[Commit], Awaitable[None]],
         *,
+        opened: Callable[[], None],
         headers: Mapping[str, str],
         params: Sequence[tuple[str, str]],
     ) -> Response | None:
         """Hold one live SSE answer and write its commits; None when it was a stream (the caller
-        asks again), else the whole answer for ``ShapeLog.receive``. Raises like ``http.fetch``."""
+        asks again), else the whole answer for ``ShapeLog.receive``. Raises like ``http.fetch``.
+        ``opened()`` is called once the stream is accepted (the shape is live and up to date)."""
         started = time.monotonic()
         batches, silent = 0, False
         try:
             async with http.open_stream(client, url, request, silence=self._silence, headers=headers,
-                                        params=params) as opened:
-                if not opened.events:
-                    if opened.head.status == 200:
+                                        params=params) as answer:
+                if not answer.events:
+                    if answer.head.status == 200:
                         self._fall_back("the server answered a live SSE request with JSON: it does not stream")
-                    return opened.head
-                live = LiveStream.open(shape_log, opened.head)
+                    return answer.head
+                live = LiveStream.open(shape_log, answer.head)
                 if live is None:
                     return None  # a stale cache replay: the ShapeLog asks again, differently
                 self._host._observe("response", self.name, status=200, size=0)
-                async for chunk in opened.chunks():
+                opened()
+                async for chunk in answer.chunks():
                     for commit in live.feed(chunk):
                         await write(commit)
                     batches = live.batches
-                last = live.close(complete=not opened.silent)
+                last = live.close(complete=not answer.silent)
                 if last is not None:
                     await write(last)
-                silent, batches = opened.silent, live.batches
+                silent, batches = answer.silent, live.batches
         except NetworkError:
             self._ended(time.monotonic() - started, silent=False, delivered=batches > 0)
             raise
