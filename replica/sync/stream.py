@@ -93,7 +93,6 @@ class LiveMode:
                 live = LiveStream.open(shape_log, answer.head)
                 if live is None:
                     return None  # a stale cache replay: the ShapeLog asks again, differently
-                self._host._observe("response", self.name, status=200, size=0)
                 opened()
                 async for chunk in answer.chunks():
                     for commit in live.feed(chunk):
@@ -103,6 +102,7 @@ class LiveMode:
                 if last is not None:
                     await write(last)
                 silent, batches = answer.silent, live.batches
+                self._host._observe("response", self.name, status=200, size=live.received)
         except NetworkError:
             self._ended(time.monotonic() - started, silent=False, delivered=batches > 0)
             raise
