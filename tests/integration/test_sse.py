@@ -3,6 +3,7 @@ reconnect, 409 at reconnect, keep-alives, every SSE fault, the fallback to long-
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -254,3 +255,27 @@ def test_a_signal_during_a_held_stream_stops_within_a_second(tmp_path: Path, sig
     assert code == 0, errors
     assert elapsed < 1.5
     assert converged(fake, db)
+
+
+def test_the_daemon_config_s_live_top_level_and_per_shape(tmp_path: Path) -> None:
+    from test_daemon import Daemon, free_port, replica, write_config
+
+    fake = make_fake(sse_timeout=1.0)
+    shapes = '[[shapes]]\ntable = "items"\n[[shapes]]\ntable = "items"\nname = "polled"\nlive = "long-poll"\n'
+    with serve_in_thread(fake) as server:
+        config = write_config(tmp_path / "replica.toml", server.url,
+                              extra=f'live = "sse"\nlisten = "127.0.0.1:{free_port()}"', shapes=shapes)
+        daemon = Daemon(config)
+        try:
+            daemon.wait_for(lambda: daemon.readyz()[0] == 200)
+            fake.insert("items", {"id": "70", "title": "streamed"})
+            daemon.wait_for(lambda: local(tmp_path / "app.db", "items", ("id",)) == expected(fake, "items"))
+            modes = {s["name"]: s["live_mode"] for s in daemon.readyz()[1]["shapes"]}
+            done = replica("status", "-c", str(config), "--json")
+            code, elapsed = daemon.stop()
+        finally:
+            daemon.close()
+    assert modes == {"items": "sse", "polled": "long-poll"}
+    assert done.returncode == 0 and {r["name"]: r["live_mode"] for r in json.loads(done.stdout)} == modes
+    assert any(q.get("live_sse") for q in live_requests(fake))
+    assert code == 0 and elapsed < 2
