@@ -241,16 +241,21 @@ class EventStream:
     ``head``: its status and headers, with the whole body when it is not an event stream (an
     error, a 409, or JSON from a server that does not stream). ``chunks()`` yields an event
     stream's bytes as they arrive; it ends when the server ends the stream, or when nothing at
-    all (not even a keep-alive) arrived for ``silence`` seconds: then ``silent`` is True.
+    all (not even a keep-alive) arrived for ``silence`` seconds: then ``silent`` is True. When
+    not even the headers came in that time, ``silent`` is True from the start and there is no
+    answer to read (``head`` is None).
     """
 
-    def __init__(self, reply: httpx.Response, head: Response, url: str, silence: float) -> None:
+    def __init__(self, reply: httpx.Response | None, head: Response | None, url: str, silence: float) -> None:
         self._reply, self._url, self._silence = reply, url, silence
         self.head = head
-        self.events = head.status == 200 and head.headers.get("content-type", "").startswith(EVENT_STREAM)
-        self.silent = False
+        self.events = head is not None and head.status == 200 and head.headers.get(
+            "content-type", "").startswith(EVENT_STREAM)
+        self.silent = head is None
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        if self._reply is None:
+            return
         try:
             async for part in self._reply.aiter_bytes():
                 yield part
@@ -290,6 +295,8 @@ async def open_stream(
             if not stream.events:
                 body = b"".join([part async for part in reply.aiter_bytes()])
                 stream.head = Response(head.status, head.headers, body)
+        except httpx.ReadTimeout:
+            stream = EventStream(None, None, url, silence)  # not even the headers: a proxy holding them back
         except _TRANSLATED as exc:
             raise _translated(exc, url, silence) from exc
         yield stream

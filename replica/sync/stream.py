@@ -41,6 +41,13 @@ MAX_FAILED = 3  # failed streams in a row before the shape long-polls
 _BASE_DELAY, _MAX_DELAY = 0.1, 5.0  # the official client's backoff between failed streams
 
 
+class _Read:
+    """What one stream brought: up-to-dates taken, and whether the watchdog ended it."""
+
+    batches = 0
+    silent = False
+
+
 class _Reporter(Protocol):
     def _set(self, name: str, **changes: Any) -> None: ...
     def _observe(self, kind: str, name: str, **fields: Any) -> None: ...
@@ -82,42 +89,51 @@ class LiveMode:
         asks again), else the whole answer for ``ShapeLog.receive``. Raises like ``http.fetch``.
         ``opened()`` is called once the stream is accepted (the shape is live and up to date)."""
         started = time.monotonic()
-        batches, silent = 0, False
+        read = _Read()
         try:
             async with http.open_stream(client, url, request, silence=self._silence, headers=headers,
                                         params=params) as answer:
-                if not answer.events:
+                if answer.head is None:  # not even the headers in time: a failed stream, asked again
+                    read.silent = True
+                elif not answer.events:
                     if answer.head.status == 200:
                         self._fall_back("the server answered a live SSE request with JSON: it does not stream")
                     return answer.head
-                live = LiveStream.open(shape_log, answer.head)
-                if live is None:
-                    return None  # a stale cache replay: the ShapeLog asks again, differently
-                opened()
-                async for chunk in answer.chunks():
-                    for commit in live.feed(chunk):
-                        await write(commit)
-                    batches = live.batches
-                last = live.close(complete=not answer.silent)
-                if last is not None:
-                    await write(last)
-                silent, batches = answer.silent, live.batches
-                self._host._observe("response", self.name, status=200, size=live.received)
+                else:
+                    await self._read(answer, shape_log, write, opened, read)
         except NetworkError:
-            self._ended(time.monotonic() - started, silent=False, delivered=batches > 0)
+            self._ended(time.monotonic() - started, silent=False, delivered=read.batches > 0, broken=True)
             raise
-        delay = self._ended(time.monotonic() - started, silent=silent, delivered=batches > 0)
+        delay = self._ended(time.monotonic() - started, silent=read.silent, delivered=read.batches > 0)
         if delay:
             await anyio.sleep(delay)
         return None
 
-    def _ended(self, duration: float, *, silent: bool, delivered: bool) -> float:
-        """Count a stream that ended; returns how long to wait before the next one."""
+    async def _read(self, answer: http.EventStream, shape_log: ShapeLog, write: Callable[[Commit], Awaitable[None]],
+                    opened: Callable[[], None], read: _Read) -> None:
+        assert answer.head is not None
+        live = LiveStream.open(shape_log, answer.head)
+        if live is None:
+            return  # a stale cache replay: the ShapeLog asks again, differently
+        opened()
+        async for chunk in answer.chunks():
+            for commit in live.feed(chunk):
+                await write(commit)
+            read.batches = live.batches
+        last = live.close(complete=not answer.silent)
+        if last is not None:
+            await write(last)
+        read.silent, read.batches = answer.silent, live.batches
+        self._host._observe("response", self.name, status=200, size=live.received)
+
+    def _ended(self, duration: float, *, silent: bool, delivered: bool, broken: bool = False) -> float:
+        """Count a stream that ended (``broken``: by a network error); returns how long to wait
+        before the next one. Only a whole stream that lasted says the path streams."""
         if silent:
             log.info("shape %s: the event stream was silent for %.0f s (no keep-alive); reconnecting",
                      self.name, self._silence)
         if not silent and (delivered or duration >= MIN_STREAM):
-            if duration >= MIN_STREAM:
+            if duration >= MIN_STREAM and not broken:
                 self.failed = 0
             return 0.0
         self.failed += 1

@@ -205,6 +205,19 @@ def test_a_buffering_proxy_trips_the_watchdog_until_the_shape_long_polls(
     assert any("buffering" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
+def test_a_proxy_holding_back_even_the_headers_trips_the_watchdog_too(tmp_path: Path) -> None:
+    fake = make_fake(sse_timeout=5.0)
+    fake.faults.add(Fault("stall", seconds=1.0, phase="live", times=3))  # headers later than the watchdog
+    db = tmp_path / "held.db"
+    with serve_in_thread(fake) as server:
+        with Replica(db, server.url, Shape("items"), live="sse", sse_silence=0.3) as replica:
+            assert replica.wait_until_synced(10)
+            wait_for(lambda: replica.status()[0].live_mode == "sse-fallback", "the fallback")
+            fake.insert("items", {"id": "90", "title": "long-polled"})
+            wait_for(lambda: converged(fake, db), "a change after the fallback")
+    assert len(fake.faults.fired) == 3
+
+
 def test_a_server_that_answers_sse_requests_with_json_makes_the_shape_long_poll(tmp_path: Path) -> None:
     fake = make_fake()
 

@@ -176,6 +176,11 @@ def test_healthy_streams_reset_the_count_and_a_short_one_with_data_is_no_failure
     assert mode.failed == 1
     mode._ended(60.0, silent=False, delivered=False)  # a stream that lived its minute
     assert mode.failed == 0 and mode.sse
+    mode._ended(0.1, silent=False, delivered=False)
+    mode._ended(5.0, silent=False, delivered=False, broken=True)  # a long stream cut by the network proves nothing
+    assert mode.failed == 1
+    mode._ended(0.2, silent=False, delivered=False, broken=True)  # a short broken one fails
+    assert mode.failed == 2
     long_poll = LiveMode("items", Host(), sse=False, silence=30.0)
     assert not long_poll.sse and long_poll.mode == "long-poll"
 
