@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from replica.errors import ProtocolError
 from replica.protocol import wire
-from replica.protocol.messages import Change, Control, Message, parse_body
 from replica.protocol.commits import Commit, Response
+from replica.protocol.messages import Change, Control, Message, parse_body
 from replica.protocol.shapelog import ShapeLog
 from replica.protocol.sse import Comment, EventStreamParser
 

@@ -292,3 +292,37 @@ def test_the_daemon_config_s_live_top_level_and_per_shape(tmp_path: Path) -> Non
     assert done.returncode == 0 and {r["name"]: r["live_mode"] for r in json.loads(done.stdout)} == modes
     assert any(q.get("live_sse") for q in live_requests(fake))
     assert code == 0 and elapsed < 2
+
+
+@pytest.mark.guarantee("R11")
+def test_a_group_of_sse_shapes_never_shows_half_a_transfer_and_publishes_promptly(tmp_path: Path) -> None:
+    import threading
+
+    from test_groups import EACH, ROWS, accounts, converged, totals, transfer
+
+    fake = accounts(long_poll=20.0)  # a quiet member's held stream and long-poll would wait long
+    db = tmp_path / "g.db"
+    values = {(t, i): EACH for t in ("acct_a", "acct_b") for i in range(1, ROWS + 1)}
+    seen: list[tuple[int, int] | None] = []
+    with serve_in_thread(fake) as server, Replica(db, server.url, [Shape("acct_a"), Shape("acct_b")],
+                                                   live="sse") as replica:
+        assert replica.wait_until_synced(30)
+        time.sleep(0.5)  # both hold their streams now
+        started = time.monotonic()
+        fake.update("acct_a", {"id": "1", "amount": str(EACH)})  # a change to one quiet member
+        fake.update("acct_a", {"id": "1", "amount": str(EACH + 1)})
+        fake.update("acct_a", {"id": "1", "amount": str(EACH)})
+        wait_for(lambda: converged(fake, db) and any(q.get("live_sse") and q["table"] == "acct_a"
+                                                     for q in live_requests(fake)), "the change to one member")
+        prompt = time.monotonic() - started
+        thread = threading.Thread(target=lambda: [transfer(fake, values, i) or time.sleep(0.004) for i in range(200)])
+        thread.start()
+        while thread.is_alive():
+            seen.append(totals(db))
+        thread.join()
+        wait_for(lambda: converged(fake, db), "convergence", timeout=30)
+        modes = {s.name: s.live_mode for s in replica.status()}
+    assert prompt < 5, "the quiet member was not asked to catch up"
+    assert modes == {"acct_a": "sse", "acct_b": "sse"}
+    bad = [s for s in seen if s is not None and s != (2 * ROWS * EACH, 2 * ROWS)]
+    assert len(seen) > 50 and bad == [], f"{len(bad)} reads saw a total Postgres never had: {bad[:5]}"
