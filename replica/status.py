@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["STATES", "ShapeStatus", "iso_time", "parse_time"]
+__all__ = ["LIVE_MODES", "STATES", "ShapeStatus", "iso_time", "parse_time"]
 
 #: What a shape is doing: connecting, syncing (snapshot or catch-up), live (up to date, long-polling),
 #: offline (retrying after a failure), error (stopped by a fatal error), stopped (not running).
 STATES = ("connecting", "syncing", "live", "offline", "error", "stopped")
+#: How a running shape receives live changes (``ShapeStatus.live_mode``).
+LIVE_MODES = ("long-poll", "sse", "sse-fallback")
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,9 @@ class ShapeStatus:
     ``last_synced_at``: epoch seconds of the last up-to-date it reached (None before the first);
     ``error``: why it is offline or stopped; ``staged``: changes of an unfinished snapshot or
     burst waiting on disk; ``lag``: seconds since it was last known up to date (only where a
-    clock was read: ``replica status``).
+    clock was read: ``replica status``). ``live_mode``: how live changes arrive while it runs:
+    ``long-poll``, ``sse`` (one held Server-Sent Events stream) or ``sse-fallback`` (SSE was asked
+    for, but its streams kept failing, so the shape long-polls; the log said why once).
     """
 
     name: str
@@ -35,6 +39,7 @@ class ShapeStatus:
     error: str | None = None
     staged: int = 0
     lag: float | None = None
+    live_mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form: ``last_synced_at`` as ISO 8601 UTC text, every other field as it is."""
@@ -48,6 +53,7 @@ class ShapeStatus:
             "lag": self.lag,
             "error": self.error,
             "staged": self.staged,
+            "live_mode": self.live_mode,
         }
 
 

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--secret", help="Electric's API secret (default: $ELECTRIC_SECRET if set)")
     sync.add_argument("--ca-file", type=Path, metavar="PEM", help="verify TLS with this CA bundle (a private CA)")
     sync.add_argument("--once", action="store_true", help="exit 0 once the first up-to-date is committed")
+    sync.add_argument(
+        "--live", choices=["long-poll", "sse"], default="long-poll",
+        help="how live changes arrive: a long-poll per change (default) or one held Server-Sent Events stream, "
+        "which falls back to long-polls where streams fail",
+    )
     sync.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
     sync.set_defaults(func=_cmd_sync)
 
@@ -201,7 +206,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     verify = str(args.ca_file) if args.ca_file is not None else True
     # Inline: this process is the syncer (a child process would only double it).
     replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit, verify=verify,
-                      process="inline")
+                      process="inline", live=args.live)
     started = time.monotonic()
 
     async def sync() -> None:

@@ -128,6 +128,7 @@ class Config:
     progress_interval: float = 10.0
     path: Path | None = None
     ca_file: Path | None = None
+    live: str = "long-poll"  # how shapes without their own ``live`` receive live changes
 
     def sources(self) -> list[Source]:
         return ([self.secret] if self.secret is not None else []) + list(self.headers.values())
@@ -172,6 +173,7 @@ def parse_config(
                 name=item.get("name"),
                 types=item.get("types", {}),
                 group=_group(item.get("group", DEFAULT_GROUP)),
+                live=item.get("live"),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None  # Shape's messages start with the field name
@@ -196,6 +198,7 @@ def parse_config(
         progress_interval=float(data.get("progress_interval", 10.0)),
         path=path,
         ca_file=ca_file,
+        live=data.get("live", "long-poll"),
     )
 
 

@@ -99,6 +99,7 @@ class Daemon:
             observer=self._observe,
             verify=str(config.ca_file) if config.ca_file is not None else True,
             process="inline",  # the daemon's process is the syncer; nothing else reads the file in it
+            live=config.live,
         )
         self.metrics = Metrics(config.database, self.replica.status, self.ready)
 

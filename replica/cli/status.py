@@ -27,7 +27,7 @@ from replica.store.file import LOCK_SUFFIX, connect
 
 __all__ = ["FIELDS", "daemon_view", "read_status", "render_table", "reset_shape", "writer_pid"]
 
-FIELDS = ("name", "state", "rows", "handle", "offset", "last_synced_at", "lag", "error", "staged")
+FIELDS = ("name", "state", "rows", "handle", "offset", "last_synced_at", "lag", "error", "staged", "live_mode")
 _MAGIC = b"SQLite format 3\x00"
 
 
@@ -55,13 +55,14 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
         view = (live or {}).get(status.name)
         state, error = status.state, status.error
         lag = None if status.last_synced_at is None else round(max(0.0, now - status.last_synced_at), 3)
+        live_mode = None
         if view is not None:
-            state, error = view.get("state", state), view.get("error")
+            state, error, live_mode = view.get("state", state), view.get("error"), view.get("live_mode")
             up = view.get("last_up_to_date")
             lag = round(now - up, 3) if isinstance(up, (int, float)) else None
         elif state != "error":
             state = "running" if running else "stopped"
-        result.append(replace(status, state=state, error=error, lag=lag).to_json())
+        result.append(replace(status, state=state, error=error, lag=lag, live_mode=live_mode).to_json())
     return result
 
 
@@ -146,6 +147,8 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         if row["error"]:
             lines.append(f"{row['name']}: {row['error']}")
+        if row.get("live_mode") == "sse-fallback":
+            lines.append(f"{row['name']}: long-polling: its SSE streams kept failing (a proxy buffering them?)")
     return "\n".join(lines)
 
 

@@ -72,10 +72,12 @@ class Commit:
 
 @dataclass(frozen=True)
 class Request:
-    """The next GET: query parameters in order, and whether it is a live long-poll."""
+    """The next GET: query parameters in order, whether it is live, and whether it asks for an
+    event stream (``sse``: a held Server-Sent Events answer, read with ``replica.protocol.stream``)."""
 
     params: tuple[tuple[str, str], ...]
     live: bool
+    sse: bool = False
 
 
 @dataclass(frozen=True)

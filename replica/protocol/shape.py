@@ -28,7 +28,10 @@ class Shape:
     a float (lossy), ``"text"`` keeps any column's value exactly as sent. ``params`` and ``types``
     may be given as mappings; they are kept as sorted tuples, so a Shape is hashable.
     ``group``: the consistency group (R11) — shapes of one Replica with the same group are only
-    ever visible at one common Postgres LSN; ``None`` lets this shape publish on its own.
+    ever visible at one common Postgres LSN; ``None`` lets this shape publish on its own. ``live``:
+    how live changes arrive, ``"long-poll"`` or ``"sse"`` (one held Server-Sent Events stream,
+    falling back to long-polls where streams fail); None takes the ``Replica``'s ``live``.
+    Neither ``types`` nor ``live`` is part of the server-side definition.
     """
 
     table: str
@@ -39,6 +42,7 @@ class Shape:
     name: str | None = None
     types: tuple[tuple[str, str], ...] = ()
     group: str | None = DEFAULT_GROUP
+    live: str | None = None
 
     def __init__(
         self,
@@ -50,6 +54,7 @@ class Shape:
         name: str | None = None,
         types: Pairs = (),
         group: str | None = DEFAULT_GROUP,
+        live: str | None = None,
     ) -> None:
         set_ = object.__setattr__  # frozen
         set_(self, "table", table)
@@ -60,6 +65,7 @@ class Shape:
         set_(self, "name", name)
         set_(self, "types", tuple(sorted(_pairs(types))))
         set_(self, "group", group)
+        set_(self, "live", live)
         self.validate()
 
     def validate(self) -> None:
@@ -83,6 +89,8 @@ class Shape:
         for column, kind in self.types:
             if kind not in OVERRIDES:
                 raise ConfigError(f"types.{column}: must be one of {sorted(OVERRIDES)}, got {kind!r}")
+        if self.live is not None and self.live not in wire.LIVE_MODES:
+            raise ConfigError(f"live: must be one of {', '.join(wire.LIVE_MODES)}, got {self.live!r}")
         if not self.local_name:
             raise ConfigError("name: the local table name must not be empty")
         if self.group is not None and (not isinstance(self.group, str) or not self.group.strip()):
@@ -113,7 +121,7 @@ class Shape:
     def definition(self) -> str:
         """Canonical text of the server-side definition; a checkpoint is only valid for it (R8).
 
-        ``types`` are local (how values are stored), not part of it.
+        ``types`` and ``live`` are local (how values are stored, how changes arrive), not part of it.
         """
         schema, table = wire.parse_table(self.table)
         return json.dumps(

@@ -53,8 +53,12 @@ class ShapeLog:
     burst, checkpointed so a crash resumes mid-way) or a publish at up-to-date.
     """
 
-    def __init__(self, shape: Shape, checkpoint: Checkpoint | None = None, *, nonce: str = "0") -> None:
+    def __init__(
+        self, shape: Shape, checkpoint: Checkpoint | None = None, *, nonce: str = "0", sse: bool = False
+    ) -> None:
         self.shape = shape
+        #: Follow the live log as Server-Sent Events (one held stream) rather than long-polls.
+        self.sse = sse
         self._nonce = nonce
         self._busts = 0
         self._bust = False
@@ -110,7 +114,8 @@ class ShapeLog:
         before the first up-to-date (no position worth asking about)."""
         if self.offset == wire.OFFSET_BEFORE_ALL or self.handle is None:
             return None
-        params = [p for p in self.next_request().params if p[0] not in (wire.P_LIVE, wire.P_CURSOR)]
+        live = (wire.P_LIVE, wire.P_CURSOR, wire.P_LIVE_SSE, wire.P_EXPERIMENTAL_LIVE_SSE)
+        params = [p for p in self.next_request().params if p[0] not in live]
         return Request(tuple(params), False)
 
     def probe_answer(self, response: Response) -> int | None:
@@ -146,16 +151,20 @@ class ShapeLog:
         if self.handle is not None:
             # Ignored by the server at offset -1, where it still keeps cache keys apart.
             params.append((wire.P_HANDLE, self.handle))
+        sse = self.live and self.sse
         if self.live:
             params.append((wire.P_LIVE, "true"))
             params.append((wire.P_CURSOR, self.cursor or ""))
+        if sse:  # both names, as the official client sends them: Electric 1.0.21-1.1.x knows only the second
+            params.append((wire.P_LIVE_SSE, "true"))
+            params.append((wire.P_EXPERIMENTAL_LIVE_SSE, "true"))
         if self.expired_handle is not None:
             params.append((wire.P_EXPIRED_HANDLE, self.expired_handle))
         if self._bust:
             params.append((wire.P_CACHE_BUSTER, f"{self._nonce}-{self._busts}"))
         # Sorted, like the official client, so identical requests collapse in a CDN.
         params.sort(key=lambda kv: kv[0])
-        return Request(tuple(params), self.live)
+        return Request(tuple(params), self.live, sse)
 
     def receive(self, response: Response, *, ahead: Ahead | None = None) -> Commit | None:
         """Advance on one response to the request last built. Raises per ``replica.errors``.
@@ -190,18 +199,23 @@ class ShapeLog:
             raise ShapeError(answers.refusal_message(status, response.body), status=status)
         raise ProtocolError(f"unexpected HTTP status {status} {answers.summary(response.body)}")
 
-    def _receive_ok(self, response: Response, ahead: Ahead | None) -> Commit | None:
+    def _is_stale(self, response: Response) -> bool:
         handle = response.headers.get(wire.H_HANDLE)
-        if handle is not None and handle == self.expired_handle:
-            # A cache replayed a response of the handle we were told is gone: ask again, differently.
-            self._stale += 1
-            if self._stale > STALE_RETRY_LIMIT:
-                self._stale = 0
-                raise ProtocolError(
-                    f"a cache keeps serving responses of expired shape handle {handle!r}; "
-                    "check the caching proxy in front of Electric"
-                )
-            self._bump_cache_buster()
+        if handle is None or handle != self.expired_handle:
+            return False
+        # A cache replayed a response of the handle we were told is gone: ask again, differently.
+        self._stale += 1
+        if self._stale > STALE_RETRY_LIMIT:
+            self._stale = 0
+            raise ProtocolError(
+                f"a cache keeps serving responses of expired shape handle {handle!r}; "
+                "check the caching proxy in front of Electric"
+            )
+        self._bump_cache_buster()
+        return True
+
+    def _receive_ok(self, response: Response, ahead: Ahead | None) -> Commit | None:
+        if self._is_stale(response):
             return None
         # Validate everything before changing any state: a bad response is retried at the same offset.
         body = response.body
@@ -238,6 +252,40 @@ class ShapeLog:
             self.complete = complete
         if snapshot is not None:
             self._snapshot = snapshot
+        return self._after_data(changes, up_to_date=up_to_date)
+
+    # --- a live event stream (replica.protocol.stream reads its events) ---
+
+    def open_stream(self, response: Response) -> str | None:
+        """Take the headers of a 200 event stream answering the live SSE request last built.
+
+        Returns its ``electric-offset`` (the request's offset for a held stream; the end of its data
+        when Electric had data at once and closes after it), or None for a stale cache replay to
+        ignore. The offset itself moves only with whole batches (``take_batch``).
+        """
+        if not self.live:
+            raise ProtocolError("an event stream answered a request that was not live")
+        if self._is_stale(response):
+            return None
+        position = self._position(response, strict=True, up_to_date=None)
+        self.handle, self.cursor = position.handle, position.cursor
+        self._bust = False
+        self._stale = 0
+        return position.offset
+
+    def take_batch(
+        self, changes: tuple[Change, ...], offset: wire.Offset, *, up_to_date: bool, complete: int | None = None
+    ) -> Commit | None:
+        """A batch of a live event stream, read by ``replica.protocol.stream`` which found where it
+        ends (``offset``, never behind the offset now) and, at its up-to-date, the LSN the shape is
+        complete up to (``complete``); published if it ended with up-to-date."""
+        if complete is not None:
+            self.complete = complete
+        if changes:
+            answers.check_keys(changes, self.schema, self._relation())
+        if self.table is None and self.schema is not None:
+            self.table = TableSchema.from_electric(self.schema, self.shape.overrides)
+        self.offset = str(max(offset, wire.Offset.parse(self.offset)))
         return self._after_data(changes, up_to_date=up_to_date)
 
     def _relation(self) -> tuple[str, str]:

@@ -26,6 +26,8 @@ H_SERVER = "electric-server"
 H_RETRY_AFTER = "retry-after"
 H_ETAG = "etag"
 H_CACHE_CONTROL = "cache-control"
+H_CONTENT_TYPE = "content-type"
+EVENT_STREAM = "text/event-stream"  # the content type of a live SSE answer
 EXPOSED_HEADERS = (
     "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,"
     "electric-up-to-date,electric-internal-known-error,retry-after"
@@ -37,6 +39,7 @@ P_OFFSET = "offset"
 P_HANDLE = "handle"
 P_LIVE = "live"
 P_LIVE_SSE = "live_sse"
+P_EXPERIMENTAL_LIVE_SSE = "experimental_live_sse"  # its name in Electric 1.0.21-1.1.x; 1.2+ still reads it
 P_CURSOR = "cursor"
 P_WHERE = "where"
 P_PARAMS = "params"  # sent as params[1]=..., params[2]=...
@@ -49,17 +52,23 @@ P_CACHE_BUSTER = "cache-buster"
 P_EXPIRED_HANDLE = "expired_handle"
 # Parameters the client manages itself; a user may not set them.
 PROTOCOL_PARAMS = frozenset(
-    {P_OFFSET, P_HANDLE, P_LIVE, P_LIVE_SSE, P_CURSOR, P_CACHE_BUSTER, P_EXPIRED_HANDLE, P_LOG}
+    {P_OFFSET, P_HANDLE, P_LIVE, P_LIVE_SSE, P_EXPERIMENTAL_LIVE_SSE, P_CURSOR, P_CACHE_BUSTER, P_EXPIRED_HANDLE,
+     P_LOG}
 )
 
 # --- message vocabulary ---
 UP_TO_DATE = "up-to-date"
+GLOBAL_LAST_SEEN_LSN = "global_last_seen_lsn"  # on up-to-date: the LSN the answer reaches
 MUST_REFETCH = "must-refetch"
 SNAPSHOT_END = "snapshot-end"
 INSERT, UPDATE, DELETE = "insert", "update", "delete"
 OPERATIONS = frozenset({INSERT, UPDATE, DELETE})
 REPLICA_DEFAULT, REPLICA_FULL = "default", "full"
 LOG_FULL, LOG_CHANGES_ONLY = "full", "changes_only"
+
+#: How live changes arrive: a long-poll per change (the default) or one held Server-Sent Events stream.
+LIVE_LONG_POLL, LIVE_SSE = "long-poll", "sse"
+LIVE_MODES = (LIVE_LONG_POLL, LIVE_SSE)
 
 OFFSET_BEFORE_ALL = "-1"
 OFFSET_NOW = "now"

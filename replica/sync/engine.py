@@ -20,6 +20,7 @@ import anyio.to_thread
 import httpx
 
 from replica import fast
+from replica.protocol import wire
 from replica.protocol.shape import Shape
 from replica.redaction import Redactor
 from replica.store import Store
@@ -44,6 +45,8 @@ class SyncConfig:
     live_timeout: float = http.DEFAULT_LIVE_TIMEOUT
     request_timeout: float = http.DEFAULT_TIMEOUT
     transport: httpx.AsyncBaseTransport | None = None
+    live: str = wire.LIVE_LONG_POLL  # how shapes without their own ``live`` receive live changes
+    sse_silence: float = http.DEFAULT_SSE_SILENCE
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ async def run_engine(
     converter = fast.Converter()
     params = _with_secret(auth.params, config.secret)
     session = Session(config.url, store, converter, config.backoff, config.live_timeout, config.request_timeout,
-                      auth.redact, call_store, auth.headers, params, auth.on_unauthorized)
+                      auth.redact, call_store, auth.headers, params, auth.on_unauthorized, config.live,
+                      config.sse_silence)
     count = len(config.shapes)
     shared = http.new_client(connections=count, transport=config.transport) if config.transport else None
     clients = [shared or http.new_client(tls=tls) for _ in config.shapes]

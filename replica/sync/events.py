@@ -20,6 +20,7 @@ class SyncEvent:
       ``commit``    ``Store.apply`` returned: ``applied`` (staged or published; counts per operation)
       ``retry``     a failure will be retried: ``error``, ``delay`` (seconds)
       ``state``     the shape's state changed: ``shape`` (its new ShapeStatus, with its error)
+      ``fallback``  the shape's SSE streams kept failing; it long-polls from now on: ``error`` (why)
     """
 
     kind: str

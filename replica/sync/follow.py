@@ -26,13 +26,15 @@ import httpx
 
 from replica import fast
 from replica.errors import ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
+from replica.protocol import wire
 from replica.protocol.shape import Shape
-from replica.protocol.shapelog import Checkpoint, ShapeLog
+from replica.protocol.shapelog import Checkpoint, Commit, ShapeLog
 from replica.protocol.txids import Visibility
 from replica.redaction import Redactor
 from replica.store import Applied, Pending, Store
 from replica.sync import http
 from replica.sync.backoff import Backoff, parse_retry_after
+from replica.sync.stream import LiveMode
 from replica.typemap.schema import TableSchema
 
 __all__ = ["AUTH_RETRY_LIMIT", "Coordinator", "Host", "InFlight", "Session", "follow"]
@@ -88,6 +90,8 @@ class Session:
     headers: Callable[[], Awaitable[dict[str, str]]]
     params: Callable[[], Awaitable[list[tuple[str, str]]]]
     on_unauthorized: UnauthorizedHook | None
+    live: str = wire.LIVE_LONG_POLL  # how shapes without their own ``live`` follow the live log
+    sse_silence: float = http.DEFAULT_SSE_SILENCE  # the SSE watchdog (stream.LiveMode)
 
 
 class InFlight(Generic[T]):
@@ -157,6 +161,8 @@ class _Follower:
         self.refresh = False  # a probe asked for a non-live catch-up next
         self.log: ShapeLog | None = None
         self.probing = False
+        self.live = LiveMode(self.name, host, sse=(shape.live or session.live) == wire.LIVE_SSE,
+                             silence=session.sse_silence)
         if group is not None:
             group.attach(self.name, self._probe)
 
@@ -197,6 +203,7 @@ class _Follower:
             if self.refresh:
                 self.refresh = False
                 shape_log.refresh()
+            shape_log.sse = self.live.sse
             request = shape_log.next_request()
             response = None
             sent_at = time.monotonic()
@@ -204,46 +211,38 @@ class _Follower:
                 headers = {**await session.headers(), **extra_headers}
                 timeout = session.live_timeout if request.live else session.request_timeout
                 params = await session.params()
-                with anyio.CancelScope() as self.poll:
-                    if not request.live:
-                        self.poll = None  # only a long-poll is dropped for a probe
-                    response = await http.fetch(self.client, session.url, request, headers=headers, params=params,
-                                                timeout=timeout)
-                self.poll = None
-                if response is None:
-                    continue  # a probe dropped the long-poll: catch up instead
-                self.host._observe("response", name, status=response.status, size=len(response.body))
                 conversion: list[fast.Conversion | None] = []
 
                 def ahead(body: bytes, table: TableSchema, found: list[fast.Conversion | None] = conversion) -> None:
                     # The protocol says this should be a snapshot chunk: convert it while it is validated.
                     found.append(session.converter.start(body, table))
 
-                commit = shape_log.receive(response, ahead=ahead)
-                if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
-                    self.host._observe("refetch", name)
-                    if self.group is not None:
-                        self.group.refetching(name)
+                with anyio.CancelScope() as self.poll:
+                    if not request.live:
+                        self.poll = None  # only a long-poll (or a held stream) is dropped for a probe
+                    if request.sse:  # one held stream; its batches are written as they complete
+                        response = await self.live.stream(self.client, session.url, shape_log, request,
+                                                          partial(self._write_batch, shape_log),
+                                                          opened=partial(self._report, shape_log), headers=headers,
+                                                          params=params)
+                    else:
+                        response = await http.fetch(self.client, session.url, request, headers=headers,
+                                                    params=params, timeout=timeout)
+                self.poll = None
+                if response is None and not request.sse:
+                    continue  # a probe dropped the long-poll: catch up instead
+                commit = None
+                if response is not None:  # an SSE request answered without a stream comes here too
+                    self.host._observe("response", name, status=response.status, size=len(response.body))
+                    commit = shape_log.receive(response, ahead=ahead)
+                    if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
+                        self.host._observe("refetch", name)
+                        if self.group is not None:
+                            self.group.refetching(name)
                 attempt = 0
                 await self._collect()  # the previous staging step first: one writer, log order
-                converted = conversion[0] if conversion else None
-                if commit is not None and not commit.up_to_date:
-                    # Stage in the writer thread while the next response downloads (SQLite runs
-                    # without the GIL); its errors surface before anything else is written.
-                    self.pending = InFlight()
-                    self.staging.start_soon(self.pending.run, session.call_store, session.store.apply, commit,
-                                            converted)
-                elif commit is not None and self.group is not None:  # the group publishes it, with the others
-                    applied = await session.call_store(partial(session.store.apply, commit, converted, defer=True))
-                    self.host._observe("commit", name, applied=applied)
-                    self.group.staged(name, await session.call_store(session.store.pending, self.shape))
-                elif commit is not None:
-                    applied = await session.call_store(session.store.apply, commit, converted)
-                    self.host._observe("commit", name, applied=applied)
-                    if applied.published:
-                        self.host._published([applied])
-                        await self.host._notify(applied)
-                        self.host._set(name, rows=applied.rows)
+                if commit is not None:
+                    await self._write(commit, conversion[0] if conversion else None)
             except ShapeError as exc:
                 if exc.status in (401, 403) and session.on_unauthorized and auth_retries < AUTH_RETRY_LIMIT:
                     new_headers = await _maybe_await(session.on_unauthorized(exc.status))
@@ -275,27 +274,59 @@ class _Follower:
                     shape_log = self.log = await self._rebuild()  # rows and checkpoint are atomic: disk matches
                 continue
             auth_retries = 0
-            if commit is None and request.live and time.monotonic() - sent_at < 0.05:
+            if commit is None and request.live and not request.sse and time.monotonic() - sent_at < 0.05:
                 quick += 1
                 if quick >= QUICK_LIMIT:  # R5: never spin, even when each answer looks valid
                     await anyio.sleep(session.backoff.delay(quick - QUICK_LIMIT))
             else:
                 quick = 0
-            self.host._set(name, state="live" if shape_log.live else "syncing", error=None,
-                          handle=shape_log.handle, offset=shape_log.offset)
-            if shape_log.live and self.group is not None:
-                self.group.up_to_date(name, shape_log.complete)  # the group publishes, and says it is synced
-                if self.once:
-                    while not await self.group.visible(name, shape_log.complete):
-                        if self.refresh:
-                            break  # the group needs a catch-up of this shape first
-                    else:
-                        return
-            elif shape_log.live:
-                self.host._set(name, last_synced_at=time.time())
-                self.host._reached(name)
-                if self.once:
+            self._report(shape_log)
+            if shape_log.live and self.once:
+                if self.group is None:
                     return
+                while not await self.group.visible(name, shape_log.complete):
+                    if self.refresh:
+                        break  # the group needs a catch-up of this shape first
+                else:
+                    return
+
+    async def _write(self, commit: Commit, converted: fast.Conversion | None = None) -> None:
+        """Write ``commit``: a staging step runs behind the next fetch; a publish is the group's to
+        make, with the others, or made now and announced."""
+        session, name = self.session, self.name
+        await self._collect()  # the previous staging step first (a stream writes several per answer)
+        if not commit.up_to_date:
+            # Stage in the writer thread while the next response downloads (SQLite runs
+            # without the GIL); its errors surface before anything else is written.
+            self.pending = InFlight()
+            self.staging.start_soon(self.pending.run, session.call_store, session.store.apply, commit, converted)
+        elif self.group is not None:  # the group publishes it, with the others
+            with anyio.CancelScope(shield=True):  # a probe dropping a stream must not lose what was staged
+                applied = await session.call_store(partial(session.store.apply, commit, converted, defer=True))
+                self.host._observe("commit", name, applied=applied)
+                self.group.staged(name, await session.call_store(session.store.pending, self.shape))
+        else:
+            applied = await session.call_store(session.store.apply, commit, converted)
+            self.host._observe("commit", name, applied=applied)
+            if applied.published:
+                self.host._published([applied])
+                await self.host._notify(applied)
+                self.host._set(name, rows=applied.rows)
+
+    async def _write_batch(self, shape_log: ShapeLog, commit: Commit) -> None:
+        await self._write(commit)
+        if commit.up_to_date:
+            self._report(shape_log)  # a stream lasts a minute: say where it is at each batch
+
+    def _report(self, shape_log: ShapeLog) -> None:
+        name = self.name
+        self.host._set(name, state="live" if shape_log.live else "syncing", error=None,
+                       handle=shape_log.handle, offset=shape_log.offset)
+        if shape_log.live and self.group is not None:
+            self.group.up_to_date(name, shape_log.complete)  # the group publishes, and says it is synced
+        elif shape_log.live:
+            self.host._set(name, last_synced_at=time.time())
+            self.host._reached(name)
 
     async def _rebuild(self) -> ShapeLog:
         checkpoint: Checkpoint | None = await self.session.call_store(self.session.store.checkpoint, self.shape)
@@ -304,7 +335,7 @@ class _Follower:
             # (with what changed meanwhile, and up-to-date), where a long-poll could hold us ~20 s
             # before the shape counts as synced again.
             checkpoint = replace(checkpoint, up_to_date=False)
-        return ShapeLog(self.shape, checkpoint, nonce=secrets.token_hex(4))
+        return ShapeLog(self.shape, checkpoint, nonce=secrets.token_hex(4), sse=self.live.sse)
 
     async def _collect(self) -> None:
         if self.pending is not None:

@@ -11,7 +11,8 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import certifi
@@ -21,9 +22,13 @@ import httpx
 from replica import tuning
 from replica.errors import ConfigError, NetworkError
 from replica.protocol.shapelog import Request, Response
+from replica.protocol.wire import EVENT_STREAM
 from replica.redaction import has_secret_param, redact_url
 
-__all__ = ["DEFAULT_LIVE_TIMEOUT", "DEFAULT_TIMEOUT", "fetch", "new_client", "tls_context"]
+__all__ = [
+    "DEFAULT_LIVE_TIMEOUT", "DEFAULT_SSE_SILENCE", "DEFAULT_TIMEOUT", "EventStream", "fetch", "new_client",
+    "open_stream", "tls_context",
+]
 
 class _RedactSecrets(logging.Filter):
     """httpx logs each request's URL at INFO; Electric's secret rides in that URL's query."""
@@ -45,6 +50,7 @@ logging.getLogger("httpx").addFilter(_RedactSecrets())
 
 DEFAULT_TIMEOUT = 60.0  # a non-live chunk: generous for 10 MB over a slow link
 DEFAULT_LIVE_TIMEOUT = 45.0  # watchdog for long-polls, which Electric holds ~20 s
+DEFAULT_SSE_SILENCE = 30.0  # watchdog for SSE streams, which Electric keeps alive every 21 s
 
 
 def tls_context(verify: bool | str = True) -> ssl.SSLContext:
@@ -208,17 +214,92 @@ async def fetch(
             # Joined here rather than by reply.aread(): httpx responses sit in reference cycles, and
             # one holding its ~10 MB body would keep it until the cyclic GC runs (RSS grew ~10 MB per chunk).
             body = b"".join([part async for part in reply.aiter_bytes()])
-    except httpx.InvalidURL as exc:
-        raise ConfigError(f"url: {exc}") from exc
-    except httpx.UnsupportedProtocol as exc:
-        raise ConfigError(f"url: {exc}; use http:// or https://") from exc
-    except httpx.TimeoutException as exc:
-        raise NetworkError(f"timed out after {timeout:g} s waiting for {redact_url(url)}") from exc
-    except httpx.TransportError as exc:
-        # Connect errors, resets, and bodies cut short (RemoteProtocolError) all mean: resend.
-        kind = type(exc).__name__
-        raise NetworkError(f"{kind} talking to {redact_url(url)}: {_safe(exc)}") from exc
+    except _TRANSLATED as exc:
+        raise _translated(exc, url, timeout) from exc
     return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, body)
+
+
+#: The httpx errors that mean something to the sync loop; anything else httpx raises is a bug.
+_TRANSLATED = (httpx.InvalidURL, httpx.TransportError)
+
+
+def _translated(exc: Exception, url: str, timeout: float) -> Exception:
+    """The replica error an httpx error of ``_TRANSLATED`` means."""
+    if isinstance(exc, httpx.InvalidURL):
+        return ConfigError(f"url: {exc}")
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ConfigError(f"url: {exc}; use http:// or https://")
+    if isinstance(exc, httpx.TimeoutException):
+        return NetworkError(f"timed out after {timeout:g} s waiting for {redact_url(url)}")
+    # Connect errors, resets, and bodies cut short (RemoteProtocolError) all mean: resend.
+    return NetworkError(f"{type(exc).__name__} talking to {redact_url(url)}: {_safe(exc)}")
+
+
+class EventStream:
+    """An open answer to a live SSE request (``open_stream``).
+
+    ``head``: its status and headers, with the whole body when it is not an event stream (an
+    error, a 409, or JSON from a server that does not stream). ``chunks()`` yields an event
+    stream's bytes as they arrive; it ends when the server ends the stream, or when nothing at
+    all (not even a keep-alive) arrived for ``silence`` seconds: then ``silent`` is True. When
+    not even the headers came in that time, ``silent`` is True from the start and there is no
+    answer to read (``head`` is None).
+    """
+
+    def __init__(self, reply: httpx.Response | None, head: Response | None, url: str, silence: float) -> None:
+        self._reply, self._url, self._silence = reply, url, silence
+        self.head = head
+        self.events = head is not None and head.status == 200 and head.headers.get(
+            "content-type", "").startswith(EVENT_STREAM)
+        self.silent = head is None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._reply is None:
+            return
+        try:
+            async for part in self._reply.aiter_bytes():
+                yield part
+        except httpx.ReadTimeout:
+            self.silent = True  # the watchdog: a proxy holding the stream back, or a dead peer
+        except _TRANSLATED as exc:
+            raise _translated(exc, self._url, self._silence) from exc
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient,
+    url: str,
+    request: Request,
+    *,
+    silence: float,
+    headers: Mapping[str, str] | None = None,
+    params: Sequence[tuple[str, str]] = (),
+) -> AsyncIterator[EventStream]:
+    """GET a live SSE request and hold the answer open while the block reads it.
+
+    ``silence`` bounds the wait for the headers and for every read after them (the watchdog).
+    """
+    base = httpx.URL(url)
+    query: list[tuple[str, str | int | float | bool | None]] = [*base.params.multi_items(), *request.params, *params]
+    async with AsyncExitStack() as stack:
+        try:
+            reply = await stack.enter_async_context(client.stream(
+                "GET",
+                base.copy_with(query=None),
+                params=query,
+                headers={**(headers or {}), "accept": EVENT_STREAM},
+                timeout=httpx.Timeout(silence, connect=min(silence, 10.0)),
+            ))
+            head = Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()})
+            stream = EventStream(reply, head, url, silence)
+            if not stream.events:
+                body = b"".join([part async for part in reply.aiter_bytes()])
+                stream.head = Response(head.status, head.headers, body)
+        except httpx.ReadTimeout:
+            stream = EventStream(None, None, url, silence)  # not even the headers: a proxy holding them back
+        except _TRANSLATED as exc:
+            raise _translated(exc, url, silence) from exc
+        yield stream
 
 
 def _safe(exc: Exception) -> str:

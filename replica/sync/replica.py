@@ -28,6 +28,7 @@ import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 
 from replica.errors import ConfigError, ShapeError
+from replica.protocol import wire
 from replica.protocol.shape import Shape
 from replica.protocol.txids import Visibility
 from replica.redaction import Redactor, redact_url
@@ -66,6 +67,10 @@ class Replica:
     this process may read the database with any SQLite library (stdlib ``sqlite3``, SQLAlchemy,
     pandas) and the sync's CPU stays off its GIL; ``"inline"``: this process (read only through
     ``replica.connect()`` then). A ``transport`` (tests) or an in-memory database runs inline.
+    ``live``: how shapes without their own ``live`` receive live changes: ``"long-poll"`` (the
+    default) or ``"sse"`` (one held Server-Sent Events stream per shape; a shape whose streams
+    keep failing long-polls instead, see ``status()``'s ``live_mode``). ``sse_silence``: seconds an
+    SSE stream may stay silent (Electric sends a keep-alive every 21 s) before it is given up.
     ``overrides``: deprecated; give each Shape its ``types`` instead.
     """
 
@@ -88,6 +93,8 @@ class Replica:
         overrides: Mapping[str, Mapping[str, str]] | None = None,
         observer: Callable[[SyncEvent], None] | None = None,
         process: str | None = None,
+        live: str = wire.LIVE_LONG_POLL,
+        sse_silence: float = http.DEFAULT_SSE_SILENCE,
     ) -> None:
         self.db_path = Path(db_path)
         self.url = url
@@ -97,10 +104,14 @@ class Replica:
         names = [s.local_name for s in self.shapes]
         if len(set(names)) != len(names):
             raise ConfigError(f"shapes: two shapes share a local table name: {sorted(names)}")
+        if live not in wire.LIVE_MODES:
+            raise ConfigError(f"live: must be one of {', '.join(wire.LIVE_MODES)}, got {live!r}")
+        if not sse_silence > 0:
+            raise ConfigError(f"sse_silence: must be a positive number of seconds, got {sse_silence!r}")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"url: must start with http:// or https://, got {redact_url(url)[:40]!r}")
         self._config = SyncConfig(self.db_path, url, self.shapes, secret, verify, backoff or Backoff(), live_timeout,
-                                  request_timeout, transport)
+                                  request_timeout, transport, live, sse_silence)
         self.process = _where(process, self._config)
         # No secret appears in a log line, status or error (an error page may echo the request).
         self._redact = Redactor([secret], url=url, named=[*(headers or {}).items(), *(params or {}).items()])

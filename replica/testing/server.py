@@ -1,8 +1,8 @@
 """FakeElectric on real loopback sockets: HTTP/1.1 over anyio streams with h11.
 
 Keep-alive, chunked 200 bodies (as Electric streams them, in 64 KiB pieces), any number of
-concurrent long-polls (one task per connection), byte-level faults, and shutdown by
-cancellation: leaving ``serve`` closes the listener and every connection.
+concurrent long-polls and held Server-Sent Events answers (one task per connection; an SSE
+answer's pieces are written as they come), byte-level faults, and shutdown by cancellation: leaving ``serve`` closes the listener and every connection.
 
 Connections are accepted by our own loop (wait readable, then a non-blocking ``accept``), not by
 ``SocketListener.serve``: on CPython 3.11 asyncio's ``sock_accept`` can accept a connection for a
@@ -27,6 +27,7 @@ import h11
 from replica.testing.fake.faults import Fault
 from replica.testing.fake.responses import FakeResponse
 from replica.testing.fake.service import ShapeService
+from replica.testing.fake.sse import StreamCut
 
 __all__ = ["Server", "serve", "serve_in_thread"]
 
@@ -157,6 +158,8 @@ async def _write(
     """Send the response (applying byte-level faults); False when the connection must end."""
     if fault is not None and fault.kind == "stall":
         await anyio.sleep(fault.seconds)
+    if response.stream is not None:
+        return await _write_stream(conn, stream, response)
     cut = fault is not None and fault.kind in ("reset", "truncate") and len(response.body) > 0
     headers = list(response.headers.items())
     if (cut or response.status != 200) and response.status not in (204, 304):
@@ -174,6 +177,27 @@ async def _write(
         return False
     await stream.send(conn.send(h11.EndOfMessage()) or b"")
     return True
+
+
+async def _write_stream(conn: h11.Connection, stream: anyio.abc.SocketStream, response: FakeResponse) -> bool:
+    """A held Server-Sent Events answer: headers at once, then each piece as the service makes it."""
+    events = response.stream
+    assert events is not None
+    try:
+        await stream.send(conn.send(h11.Response(status_code=response.status, headers=list(response.headers.items())))
+                          or b"")
+        if response.body:
+            await stream.send(conn.send(h11.Data(data=response.body)) or b"")
+        try:
+            async for piece in events:
+                await stream.send(conn.send(h11.Data(data=piece)) or b"")
+        except StreamCut:
+            return False  # the connection closes without the chunked body's end
+        await stream.send(conn.send(h11.EndOfMessage()) or b"")
+        return True
+    finally:
+        with anyio.CancelScope(shield=True):
+            await events.aclose()
 
 
 def _reset(stream: anyio.abc.SocketStream) -> None:

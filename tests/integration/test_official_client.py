@@ -324,6 +324,7 @@ class Session:
         columns: list[str] | None = None,
         replica: str | None = None,
         retry_on_error: bool = False,
+        live_sse: bool = False,
     ) -> str:
         sid = f"s{next(_counter)}"
         shape: dict[str, Any] = {"table": table}
@@ -338,7 +339,7 @@ class Session:
         if getattr(self.fake, "secret", None):
             shape["secret"] = self.fake.secret
         self.subs[sid] = {"table": table, "where": where, "params": params, "columns": columns}
-        self.driver.subscribe(sid, self.url, shape, retryOnError=retry_on_error)
+        self.driver.subscribe(sid, self.url, shape, retryOnError=retry_on_error, liveSse=live_sse)
         return sid
 
     def expected(self, sid: str) -> dict:

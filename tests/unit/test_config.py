@@ -29,6 +29,13 @@ def test_defaults() -> None:
     assert config.listen == (DEFAULT_HOST, DEFAULT_PORT) == ("127.0.0.1", 9470)
     assert (config.log_format, config.log_level, config.progress_interval) == ("text", "info", 10.0)
     assert config.secret is None and config.headers == {}
+    assert config.live == "long-poll" and config.shapes[0].live is None
+
+
+def test_live_mode_top_level_and_per_shape() -> None:
+    config = parse({**MINIMAL, "live": "sse", "shapes": [{"table": "items"}, {"table": "b", "live": "long-poll"}]})
+    assert config.live == "sse"
+    assert [s.live for s in config.shapes] == [None, "long-poll"]  # None: the top-level live
 
 
 def test_every_key() -> None:
@@ -112,6 +119,8 @@ def test_a_failing_command_reports_its_status_not_its_output() -> None:
         ({"listen": "localhost"}, r"^listen: expected HOST:PORT"),
         ({"log_format": "xml"}, r"^log_format: must be one of 'text', 'json'"),
         ({"log_level": "loud"}, r"^log_level: must be one of"),
+        ({"live": "websocket"}, r"^live: must be one of 'long-poll', 'sse'"),
+        ({"shapes": [{"table": "i", "live": "poll"}]}, r"^shapes\[0\]\.live: must be one of"),
         ({"progress_interval": 0}, r"^progress_interval: must be greater than 0"),
         ({"shapes": [{}]}, r"^shapes\[0\]\.table: missing"),
         ({"shapes": [{"table": "items", "wher": "x"}]}, r"^shapes\[0\]\.wher: unknown key \(did you mean 'where'"),

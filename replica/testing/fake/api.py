@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from replica.protocol import wire
+from replica.protocol.sse import encode_event
 from replica.testing.fake import responses as r
 from replica.testing.fake.database import Database
-from replica.testing.fake.faults import Fault, FaultPlan
+from replica.testing.fake.faults import SSE_FAULTS, Fault, FaultPlan, fits
 from replica.testing.fake.request import InvalidRequest, ShapeRequest, parse_shape_request, phase_of
 from replica.testing.fake.responses import FakeResponse
 from replica.testing.fake.shapes import ShapeDef, ShapeLog
 
-__all__ = ["Exchange", "ShapeApi"]
+__all__ = ["Exchange", "ShapeApi", "SseHold"]
 
 _MALFORMED_BODY = b'[{"headers":{"control":"up-to-date"}},,{"key":'
 _STALE_CACHE_SIZE = 64
@@ -45,8 +46,21 @@ class Exchange:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class SseHold:
+    """A live SSE request with nothing new yet: send ``head``, then stream ``log`` after ``since``."""
+
+    head: FakeResponse
+    log: ShapeLog
+    since: wire.Offset
+
+
 class ShapeApi:
-    """Electric's HTTP API over a Database."""
+    """Electric's HTTP API over a Database. ``sse_timeout``: seconds an SSE answer stays open;
+    ``keepalive_interval``: seconds of silence after which it sends a ``: keep-alive`` comment."""
+
+    sse_timeout = 60.0
+    keepalive_interval = 21.0
 
     def __init__(
         self,
@@ -121,7 +135,10 @@ class ShapeApi:
         except InvalidRequest as exc:
             return r.error_response(400, {"message": "Invalid request", "errors": exc.errors}, base)
         request = ex.request
-        ex.fault = self.faults.take(phase_of(ex.params), lambda f: f.kind != "stale" or self._stale(request) is not None)
+        ex.fault = self.faults.take(
+            phase_of(ex.params),
+            lambda f: fits(f, sse=request.sse) and (f.kind != "stale" or self._stale(request) is not None),
+        )
         return self._whole_response_fault(ex)
 
     def _whole_response_fault(self, ex: Exchange) -> FakeResponse | None:
@@ -155,8 +172,9 @@ class ShapeApi:
 
     # --- step 2 ---
 
-    def produce(self, ex: Exchange, *, may_wait: bool) -> FakeResponse | float:
-        """The shape response, or (when ``may_wait``) how long, from the start, it may wait for data."""
+    def produce(self, ex: Exchange, *, may_wait: bool) -> FakeResponse | SseHold | float:
+        """The shape response, or (when ``may_wait``) how long, from the start, it may wait for data;
+        for a live SSE request with nothing new, the stream to hold (Electric holds it either way)."""
         request = ex.request
         assert request is not None
         with self.db.lock:
@@ -174,6 +192,8 @@ class ShapeApi:
             if chunk.parts:
                 lsn = chunk.last_lsn if request.live and chunk.last_lsn is not None else self.db.lsn
                 return self._ok(ex, log, chunk.parts, chunk.offset, up_to_date=chunk.at_end, lsn=lsn)
+            if request.sse:
+                return SseHold(self._sse_head(ex, log), log, request.offset)
             if request.live and may_wait:
                 return self.long_poll_timeout
             return self._ok(ex, log, [], chunk.offset, up_to_date=True, lsn=self.db.lsn)
@@ -215,10 +235,38 @@ class ShapeApi:
             headers[wire.H_SCHEMA] = r.json_body(log.schema).decode()
             initial = request.offset == wire.BEFORE_ALL
             headers[wire.H_CACHE_CONTROL] = r.CACHE_INITIAL if initial else r.CACHE_NON_LIVE
+        if request.sse:  # Electric writes data that is there at once as events, and closes
+            headers.update(self._sse_headers())
+            return FakeResponse(200, headers, b"".join(encode_event(part) for part in parts))
         if etag in [t.strip().removeprefix("W/").strip('"') for t in ex.headers.get("if-none-match", "").split(",")]:
             headers.pop(wire.H_SCHEMA, None)  # only 200s carry the schema (1.2.3)
             return FakeResponse(304, headers, b"")
         return FakeResponse(200, headers, b"[" + b",".join(parts) + b"]")
+
+    def _sse_head(self, ex: Exchange, log: ShapeLog) -> FakeResponse:
+        """The headers of a held stream: at the requested offset, up to date, events to follow."""
+        request = ex.request
+        assert request is not None and request.offset is not None
+        offset = str(request.offset)
+        cursor = r.next_cursor(time.time(), self.long_poll_timeout, request.cursor, self._cursor_rng)
+        headers = {
+            **ex.base,
+            wire.H_HANDLE: log.handle,
+            wire.H_OFFSET: offset,
+            wire.H_HAS_DATA: "true",
+            wire.H_UP_TO_DATE: "",
+            wire.H_ETAG: f'"{log.handle}:{request.offset_text}:{offset}"',
+            wire.H_CURSOR: str(cursor),
+            **self._sse_headers(),
+        }
+        return FakeResponse(200, headers, b"")
+
+    def _sse_headers(self) -> dict[str, str]:
+        return {
+            wire.H_CONTENT_TYPE: r.SSE_CONTENT_TYPE,
+            "connection": "keep-alive",
+            wire.H_CACHE_CONTROL: r.cache_sse(self.sse_timeout),
+        }
 
     # --- step 3 ---
 
@@ -228,7 +276,8 @@ class ShapeApi:
         ``on_wire``: the caller is a socket server, which truncates the bytes itself.
         """
         request, fault = ex.request, ex.fault
-        if request is not None and response.status == 200 and wire.H_HANDLE in response.headers and fault is None:
+        if (request is not None and not request.sse and response.status == 200 and wire.H_HANDLE in response.headers
+                and fault is None):
             with self.db.lock:
                 key = (request.definition, response.headers[wire.H_HANDLE], request.offset_text)
                 self._cache[key] = response
@@ -238,7 +287,7 @@ class ShapeApi:
         if fault is not None and not (on_wire and fault.kind == "truncate"):
             response = _body_fault(fault, response)
         if ex.method == "HEAD":
-            response = response.replace(body=b"")
+            response = response.replace(body=b"", stream=None)
         return response
 
 
@@ -254,7 +303,7 @@ def _body_fault(fault: Fault, response: FakeResponse) -> FakeResponse:
 
 def transport_fault(ex: Exchange) -> Fault | None:
     """The fault an adapter applies on the wire (reset, stall, and the byte-level truncate)."""
-    if ex.fault is not None and ex.fault.kind in ("reset", "stall", "truncate"):
+    if ex.fault is not None and ex.fault.kind in ("reset", "stall", "truncate", *SSE_FAULTS):
         return ex.fault
     return None
 

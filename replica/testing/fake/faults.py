@@ -11,10 +11,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 
-__all__ = ["FAULT_KINDS", "PHASES", "Fault", "FaultPlan"]
+__all__ = ["FAULT_KINDS", "PHASES", "SSE_FAULTS", "Fault", "FaultPlan", "fits"]
 
+#: Faults of a live Server-Sent Events answer; they fire only on SSE requests.
+SSE_FAULTS = frozenset({"sse_cut", "sse_buffer", "sse_silent"})
+#: Faults of a whole JSON body; an SSE request never draws them.
+_BODY_FAULTS = frozenset({"reset", "truncate", "malformed", "stale"})
 FAULT_KINDS = frozenset(
-    {"status", "reset", "truncate", "stall", "malformed", "drop_headers", "stale", "must_refetch"}
+    {"status", "reset", "truncate", "stall", "malformed", "drop_headers", "stale", "must_refetch", *SSE_FAULTS}
 )
 #: initial: offset=-1 or now; snapshot: non-live, offset 0_n; catchup: non-live after the snapshot;
 #: live: live=true.
@@ -53,6 +57,19 @@ class Fault:
         The requested shape is expired now (as an eviction would) and the answer is a 409 whose
         ``electric-handle`` header names the new handle (``handle=True``) or is absent
         (``handle=False``, as behind a header-stripping proxy).
+
+    Live Server-Sent Events answers (``live_sse=true``) draw ``status``, ``stall``,
+    ``drop_headers``, ``must_refetch`` and these, never the whole-body kinds above:
+
+    ``sse_cut``
+        The stream is cut inside its first event (half of it sent, then the connection closes
+        without ending the chunked body), as a dropped connection would. ``handler`` raises
+        ``httpx.RemoteProtocolError`` there.
+    ``sse_buffer``
+        A buffering proxy: the headers go out at once, every event and keep-alive is held until
+        the server ends the stream (``sse_timeout``), then all of it is sent together.
+    ``sse_silent``
+        The headers go out, then nothing at all, not even keep-alives, until the stream's end.
     """
 
     kind: str
@@ -81,6 +98,13 @@ class Fault:
         if isinstance(self.headers, str):
             object.__setattr__(self, "headers", (self.headers,))
         object.__setattr__(self, "headers", tuple(h.lower() for h in self.headers))
+
+
+def fits(fault: Fault, *, sse: bool) -> bool:
+    """Whether ``fault`` may fire on a request that is (``sse``) or is not a live SSE request."""
+    if fault.kind in SSE_FAULTS:
+        return sse
+    return not (sse and fault.kind in _BODY_FAULTS)
 
 
 class FaultPlan:

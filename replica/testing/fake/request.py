@@ -18,7 +18,7 @@ from replica.testing.fake.where import WhereError
 __all__ = ["InvalidRequest", "ShapeRequest", "is_true", "parse_shape_request", "phase_of"]
 
 _PARAM_KEY = re.compile(r"params\[([^\]]*)\]")
-_SSE_PARAMS = (wire.P_LIVE_SSE, "experimental_live_sse")
+_SSE_PARAMS = (wire.P_LIVE_SSE, wire.P_EXPERIMENTAL_LIVE_SSE)
 
 
 class InvalidRequest(Exception):
@@ -54,6 +54,7 @@ class ShapeRequest:
     handle: str | None
     live: bool
     cursor: int | None
+    sse: bool = False  # live=true&live_sse=true: answered as a Server-Sent Events stream
 
     @property
     def is_now(self) -> bool:
@@ -95,8 +96,6 @@ def parse_shape_request(
     sse = any(is_true(params, name) for name in _SSE_PARAMS)
     if sse and not live:
         error(wire.P_LIVE_SSE, "can't be true unless live is also true")
-    elif sse:
-        error(wire.P_LIVE_SSE, "server-sent events are not supported by FakeElectric; use long polling")
     replica = params.get(wire.P_REPLICA, wire.REPLICA_DEFAULT)
     if replica not in (wire.REPLICA_DEFAULT, wire.REPLICA_FULL):
         error(wire.P_REPLICA, "is invalid")
@@ -128,7 +127,7 @@ def parse_shape_request(
             error(wire.P_WHERE, str(exc))
     if errors:
         raise InvalidRequest(errors)
-    return ShapeRequest(definition, offset_text or "", offset, handle, live, cursor)
+    return ShapeRequest(definition, offset_text or "", offset, handle, live, cursor, sse)
 
 
 def _table(params: dict[str, str], find: Callable[[str, str], Table | None], error: Callable[[str, str], None]) -> Table | None:

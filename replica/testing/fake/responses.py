@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "CACHE_INITIAL",
     "CACHE_LIVE",
     "CACHE_NON_LIVE",
+    "SSE_CONTENT_TYPE",
     "FakeResponse",
     "MUST_REFETCH_BODY",
     "SERVER",
@@ -31,6 +33,7 @@ OTHER_METHODS = "GET, HEAD"
 
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
+SSE_CONTENT_TYPE = "text/event-stream"
 CACHE_NON_LIVE = "public, max-age=60, stale-while-revalidate=300"
 CACHE_409 = "public, max-age=60, must-revalidate"
 CACHE_409_NO_HANDLE = "public, max-age=1, must-revalidate"
@@ -45,20 +48,27 @@ CURSOR_EPOCH = datetime(2024, 10, 9, tzinfo=UTC).timestamp()
 
 @dataclass(frozen=True)
 class FakeResponse:
-    """A whole HTTP response: status, lower-case header names, body bytes."""
+    """An HTTP response: status, lower-case header names, body bytes; a held Server-Sent Events
+    answer also has a ``stream``: more body, written as it comes, after ``body``."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    stream: AsyncGenerator[bytes, None] | None = field(default=None, compare=False, repr=False)
 
     def json(self) -> Any:
         """The body parsed as JSON."""
         return json.loads(self.body)
 
     def replace(self, **changes: Any) -> FakeResponse:
-        values = {"status": self.status, "headers": dict(self.headers), "body": self.body}
+        values = {"status": self.status, "headers": dict(self.headers), "body": self.body, "stream": self.stream}
         values.update(changes)
         return FakeResponse(**values)
+
+
+def cache_sse(sse_timeout: float) -> str:
+    """An SSE answer is cached for just under the stream's life, so a CDN can collapse requests."""
+    return f"public, max-age={max(1, int(sse_timeout) - 1)}"
 
 
 def json_body(value: Any) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from replica.testing.fake.api import Exchange, ShapeApi, transport_fault
+from replica.testing.fake import sse
+from replica.testing.fake.api import Exchange, ShapeApi, SseHold, transport_fault
 from replica.testing.fake.database import Database, Transaction
-from replica.testing.fake.faults import Fault, FaultPlan
+from replica.testing.fake.faults import SSE_FAULTS, Fault, FaultPlan
 from replica.testing.fake.responses import FakeResponse
 
 __all__ = ["FakeElectric", "ShapeService"]
@@ -46,15 +47,19 @@ class ShapeService:
     long-polls. ``FakeElectric`` feeds it from in-memory tables, ``PostgresElectric``
     (``replica.testing.pgserver``) from a real Postgres; ``serve`` puts either on a socket."""
 
-    def __init__(self, db: Database, *, long_poll_timeout: float, secret: str | None, seed: int) -> None:
-        if long_poll_timeout <= 0:
-            raise ValueError("long_poll_timeout must be positive")
+    def __init__(
+        self, db: Database, *, long_poll_timeout: float, secret: str | None, seed: int, sse_timeout: float = 60.0,
+        keepalive_interval: float = 21.0,
+    ) -> None:
+        if long_poll_timeout <= 0 or sse_timeout <= 0 or keepalive_interval <= 0:
+            raise ValueError("long_poll_timeout, sse_timeout and keepalive_interval must be positive")
         self.faults = FaultPlan()
         #: Every request received: (method, path+query, time.monotonic()).
         self.requests: list[tuple[str, str, float]] = []
         self._db = db
         self._db.on_change = self._wake_waiters
         self._api = ShapeApi(self._db, self.faults, long_poll_timeout=long_poll_timeout, secret=secret, seed=seed)
+        self._api.sse_timeout, self._api.keepalive_interval = sse_timeout, keepalive_interval
         self._waiters: set[_Waiter] = set()
         self._waiters_lock = threading.Lock()
 
@@ -65,6 +70,24 @@ class ShapeService:
     @long_poll_timeout.setter
     def long_poll_timeout(self, seconds: float) -> None:
         self._api.long_poll_timeout = seconds
+
+    @property
+    def sse_timeout(self) -> float:
+        """Seconds a live SSE answer stays open (Electric: 60)."""
+        return self._api.sse_timeout
+
+    @sse_timeout.setter
+    def sse_timeout(self, seconds: float) -> None:
+        self._api.sse_timeout = seconds
+
+    @property
+    def keepalive_interval(self) -> float:
+        """Seconds without traffic after which a live SSE answer sends ``: keep-alive`` (Electric: 21)."""
+        return self._api.keepalive_interval
+
+    @keepalive_interval.setter
+    def keepalive_interval(self, seconds: float) -> None:
+        self._api.keepalive_interval = seconds
 
     @property
     def chunk_bytes(self) -> int:
@@ -91,6 +114,8 @@ class ShapeService:
         response = ex.response
         if response is None:
             produced = self._api.produce(ex, may_wait=False)
+            if isinstance(produced, SseHold):
+                produced = produced.head  # a held stream that ends at once
             assert isinstance(produced, FakeResponse)
             response = produced
         response = self._api.finish(ex, response)
@@ -107,6 +132,9 @@ class ShapeService:
             await anyio.sleep(fault.seconds)
         if fault is not None and fault.kind == "reset":
             raise httpx.ReadError("connection reset by peer (FakeElectric fault)", request=request)
+        if response.stream is not None:
+            content = _mock_stream(response.body, response.stream, request)
+            return httpx.Response(response.status, headers=response.headers, content=content, request=request)
         return httpx.Response(response.status, headers=response.headers, content=response.body, request=request)
 
     async def exchange(
@@ -121,7 +149,14 @@ class ShapeService:
         that the adapter must apply itself (reset, stall; truncate too when ``on_wire``)."""
         ex = self._begin(method, target, headers)
         response = ex.response if ex.response is not None else await self._produce_waiting(ex)
-        return self._api.finish(ex, response, on_wire=on_wire), transport_fault(ex)
+        response, fault = self._api.finish(ex, response, on_wire=on_wire), transport_fault(ex)
+        if fault is not None and fault.kind in SSE_FAULTS:
+            if response.status == 200:  # applied here: the adapter just writes the stream
+                stream = response.stream or sse.once(response.body)
+                until = ex.started + self._api.sse_timeout
+                response = response.replace(body=b"", stream=sse.faulty(stream, fault.kind, until=until))
+            fault = None
+        return response, fault
 
     def _begin(self, method: str, target: str, headers: Mapping[str, str] | None) -> Exchange:
         if target.startswith(("http://", "https://")):
@@ -137,14 +172,50 @@ class ShapeService:
                 self._waiters.add(waiter)  # before reading, so no commit can slip by unseen
             try:
                 produced = self._api.produce(ex, may_wait=True)
+                if isinstance(produced, SseHold):
+                    return produced.head.replace(stream=self._held_stream(produced, ex.started))
                 if isinstance(produced, FakeResponse):
                     return produced
                 remaining = ex.started + produced - time.monotonic()
                 if remaining <= 0:
                     final = self._api.produce(ex, may_wait=False)
+                    if isinstance(final, SseHold):
+                        return final.head.replace(stream=self._held_stream(final, ex.started))
                     assert isinstance(final, FakeResponse)
                     return final
                 with anyio.move_on_after(remaining):
+                    await waiter.event.wait()
+            finally:
+                with self._waiters_lock:
+                    self._waiters.discard(waiter)
+
+    async def _held_stream(self, hold: SseHold, started: float) -> AsyncGenerator[bytes, None]:
+        """A held SSE answer: each batch as it is committed, keep-alives in silences, the end at
+        ``sse_timeout`` or when the shape is rotated (the reconnect then gets the 409)."""
+        api, since = self._api, hold.since
+        deadline = started + api.sse_timeout
+        last_sent = time.monotonic()
+        while True:
+            waiter = _Waiter()
+            with self._waiters_lock:
+                self._waiters.add(waiter)  # before reading, so no commit can slip by unseen
+            try:
+                with self._db.lock:
+                    if hold.log.expired:
+                        return
+                    chunk = hold.log.read(since)
+                now = time.monotonic()
+                if chunk.parts:
+                    since, last_sent = chunk.offset, now
+                    yield sse.batch_events(chunk)
+                    continue
+                if now >= deadline:
+                    return
+                if now - last_sent >= api.keepalive_interval:
+                    last_sent = now
+                    yield sse.KEEP_ALIVE
+                    continue
+                with anyio.move_on_after(min(deadline, last_sent + api.keepalive_interval) - now):
                     await waiter.event.wait()
             finally:
                 with self._waiters_lock:
@@ -166,7 +237,9 @@ class FakeElectric(ShapeService):
     ``respond`` (pure), ``handler`` (for ``httpx.MockTransport``) or ``replica.testing.serve``.
 
     ``start_lsn`` (an addition to the documented signature) sets the LSN before the first
-    commit, e.g. above 2**53 to test clients that parse LSNs as floats.
+    commit, e.g. above 2**53 to test clients that parse LSNs as floats. Live SSE answers
+    (``live_sse=true``) stay open ``sse_timeout`` seconds and send a keep-alive comment after
+    ``keepalive_interval`` seconds without traffic, as Electric does (60 and 21 by default).
     """
 
     def __init__(
@@ -177,11 +250,14 @@ class FakeElectric(ShapeService):
         secret: str | None = None,
         seed: int = 0,
         start_lsn: int = 24_000_000,
+        sse_timeout: float = 60.0,
+        keepalive_interval: float = 21.0,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
         db = Database(chunk_bytes=chunk_bytes, seed=seed, start_lsn=start_lsn, clock=time.time)
-        super().__init__(db, long_poll_timeout=long_poll_timeout, secret=secret, seed=seed)
+        super().__init__(db, long_poll_timeout=long_poll_timeout, secret=secret, seed=seed, sse_timeout=sse_timeout,
+                         keepalive_interval=keepalive_interval)
 
     # --- tables ---
 
@@ -270,3 +346,16 @@ class FakeElectric(ShapeService):
         """The electric-schema object of ``table`` (all columns)."""
         with self._db.lock:
             return self._db.table(table).electric_schema()
+
+
+async def _mock_stream(body: bytes, stream: AsyncGenerator[bytes, None], request: httpx.Request) -> AsyncIterator[bytes]:
+    """A streamed answer through ``httpx.MockTransport``; a cut stream is a broken read, as on a socket."""
+    try:
+        if body:
+            yield body
+        async for part in stream:
+            yield part
+    except sse.StreamCut as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from None
+    finally:
+        await stream.aclose()

@@ -307,7 +307,7 @@ class PostgresElectric(ShapeService):
             ...  # point replica at server.url, write with psycopg
 
     ``poll_interval``: seconds between polls of the replication slot when it is idle (the floor
-    of the write → visible latency).
+    of the write → visible latency). ``sse_timeout`` / ``keepalive_interval``: as ``FakeElectric``'s.
     """
 
     def __init__(
@@ -318,6 +318,8 @@ class PostgresElectric(ShapeService):
         long_poll_timeout: float = 20.0,
         secret: str | None = None,
         poll_interval: float = 0.005,
+        sse_timeout: float = 60.0,
+        keepalive_interval: float = 21.0,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
@@ -325,7 +327,8 @@ class PostgresElectric(ShapeService):
         db = PgDatabase(self._conn, chunk_bytes=chunk_bytes, start_lsn=0)
         # The slot exists before the first snapshot: the decoder sees every later transaction.
         self._poller = _Poller(dsn, db, poll_interval)
-        super().__init__(db, long_poll_timeout=long_poll_timeout, secret=secret, seed=0)
+        super().__init__(db, long_poll_timeout=long_poll_timeout, secret=secret, seed=0, sse_timeout=sse_timeout,
+                         keepalive_interval=keepalive_interval)
         self._poller.thread.start()
 
     @contextmanager
