@@ -785,8 +785,11 @@ def test_409_without_handle_header(make_session: Callable[..., Session]) -> None
     fake = session.fake
     fake.faults.add(Fault("must_refetch", handle=False, phase="live"))
     fake.insert("items", {"id": "900", "title": "x", "done": "t", "prio": "1"})
+    deadline = time.monotonic() + 30  # the client may report up-to-date for the old rows before the 409 lands
+    while not session.driver.controls_for(sid):
+        assert time.monotonic() < deadline, "no must-refetch reached the client"
+        time.sleep(0.02)
     after = session.wait_synced(sid)
-    assert session.driver.controls_for(sid), "no must-refetch reached the client"
     assert after["handle"] != first["handle"]
 
 
