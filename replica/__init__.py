@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 from replica.errors import (
     ConfigError,
     NetworkError,
+    NotAShapeLog,
     ProtocolError,
     ReplicaError,
     ServerBusy,
@@ -43,6 +44,7 @@ __all__ = [
     "Commit",
     "ConfigError",
     "NetworkError",
+    "NotAShapeLog",
     "ProtocolError",
     "Replica",
     "ReplicaError",

@@ -8,7 +8,9 @@
     │   ├── NetworkError connect/read/timeout/reset (wraps httpx errors)
     │   └── ServerBusy   429/5xx; ``retry_after`` is a floor for the wait
     ├── ProtocolError    a response broke the contract (bad JSON, missing     → back off, rebuild from checkpoint
-    │                    header, offset regressed)
+    │   │                header, offset regressed)
+    │   └── NotAShapeLog the answer is no shape log at all (a wrong URL, a   → the same; a shape with no stored
+    │                    proxy's page): the message names the URL to use       position stops after a few in a row
     └── StoreError       SQLite failed (wraps apsw errors)                    → back off, rebuild from checkpoint
 
 Foreign exceptions are translated in exactly two places: ``replica.http`` (httpx) and
@@ -21,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "NetworkError",
+    "NotAShapeLog",
     "ProtocolError",
     "ReplicaError",
     "ServerBusy",
@@ -68,6 +71,15 @@ class ServerBusy(TransientError):
 
 class ProtocolError(ReplicaError):
     """A response broke the Electric protocol. Back off and resume from the last checkpoint."""
+
+
+class NotAShapeLog(ProtocolError):
+    """A 200 that is not a shape log at all: no Electric headers and a body that is no array of
+    messages (an HTML page, Electric's empty root), or a content type that is not JSON. Usually
+    the URL is not the shape endpoint; the message names the one Electric serves shapes at.
+    A shape with no stored position stops after a few in a row (``Replica(wrong_url_limit=…)``);
+    one that synced before keeps retrying, as for any ``ProtocolError``.
+    """
 
 
 class StoreError(ReplicaError):

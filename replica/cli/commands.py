@@ -2,8 +2,8 @@
 
     replica sync URL --table TABLE --db PATH [--name LOCAL] [--where SQL] [--param N=VALUE]...
                  [--columns a,b,...] [--replica default|full] [--header "Name: value"]...
-                 [--secret S] [--once]
-    replica run -c FILE [--listen HOST:PORT] [--once] [--log-format text|json] [--verbose]
+                 [--secret S] [--once [--timeout SECONDS]] [--quiet] [--verbose]
+    replica run -c FILE [--listen HOST:PORT] [--once [--timeout SECONDS]] [--log-format text|json] [--verbose]
     replica status (-c FILE | --db PATH) [--json]
     replica reset NAME (-c FILE | --db PATH)
 
@@ -26,6 +26,7 @@ from typing import NoReturn
 import anyio
 
 from replica.cli.exits import EXIT_FATAL, EXIT_OK, EXIT_USAGE
+from replica.cli.once import OnceWatch, check_timeout, discarding, seconds
 from replica.errors import ConfigError, ReplicaError, ShapeError
 from replica.protocol.shape import Shape
 from replica.store import Applied
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how live changes arrive: a long-poll per change (default) or one held Server-Sent Events stream, "
         "which falls back to long-polls where streams fail",
     )
+    sync.add_argument("--timeout", type=seconds, metavar="SECONDS",
+                      help="with --once: exit 1 if the first up-to-date is not committed within SECONDS")
+    sync.add_argument("-q", "--quiet", action="store_true", help="no summary line after --once; errors only")
     sync.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
     sync.set_defaults(func=_cmd_sync)
 
@@ -85,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, type=Path, metavar="FILE", help="the TOML config file")
     run.add_argument("--listen", metavar="HOST:PORT", help="where to serve /healthz, /readyz and /metrics")
     run.add_argument("--once", action="store_true", help="exit 0 once every shape is up to date (no endpoint)")
+    run.add_argument("--timeout", type=seconds, metavar="SECONDS",
+                     help="with --once: exit 1 if a shape is not up to date within SECONDS")
     run.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
     run.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     run.set_defaults(func=_cmd_run)
@@ -173,6 +179,7 @@ def _parse_headers(items: list[str]) -> dict[str, str]:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    check_timeout(args)
     # Retries show as warnings, a shape's fatal error as one error line (the sync loop logs it).
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="replica: %(message)s", stream=sys.stderr
@@ -190,12 +197,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     )
     headers = _parse_headers(args.header)
     secret = args.secret if args.secret is not None else os.environ.get("ELECTRIC_SECRET")
-    created = not args.db.exists()
-    published = False
 
     def on_commit(applied: Applied) -> None:
-        nonlocal published
-        published = True
         if args.verbose:
             elapsed = time.monotonic() - started
             print(f"replica: {applied.name}: {applied.rows} rows ({elapsed:.2f} s since the sync began)",
@@ -204,30 +207,34 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     if args.ca_file is not None and not args.ca_file.is_file():
         raise ConfigError(f"--ca-file: {args.ca_file} is not a file (a CA bundle in PEM format)")
     verify = str(args.ca_file) if args.ca_file is not None else True
+    watch = OnceWatch()
     # Inline: this process is the syncer (a child process would only double it).
     replica = Replica(args.db, args.url, shape, secret=secret, headers=headers, on_commit=on_commit, verify=verify,
-                      process="inline", live=args.live)
+                      process="inline", live=args.live, observer=watch.observe)
     started = time.monotonic()
 
-    async def sync() -> None:
+    async def sync() -> bool:
         nonlocal started
         started = time.monotonic()  # the sync begins once the event loop runs (anyio imports its backend first)
-        await _run_until_signal(replica, args.once)
+        watch.start()
+        return await _run_until_signal(replica, args.once, args.timeout)
 
-    try:
-        anyio.run(sync)
-    except ShapeError as exc:
-        print(f"replica: error: {exc}", file=sys.stderr)
-        if created and not published:
-            _remove_database(args.db)  # a refused shape leaves no trace behind
+    with discarding(args.db):  # a run that committed nothing leaves no new database behind
+        try:
+            finished = anyio.run(sync)
+        except ReplicaError as exc:
+            print(f"replica: error: {exc}", file=sys.stderr)
+            return EXIT_FATAL
+    if not finished:
+        for line in watch.timed_out(args.timeout, replica.status()):
+            print(f"replica: error: {line}", file=sys.stderr)
         return EXIT_FATAL
-    except ReplicaError as exc:
-        print(f"replica: error: {exc}", file=sys.stderr)
+    if any(s.state == "error" for s in replica.status()):
         return EXIT_FATAL
-    failed = [s for s in replica.status() if s.state == "error"]
-    if failed and created and not published:
-        _remove_database(args.db)
-    return EXIT_FATAL if failed else EXIT_OK
+    if args.once and not args.quiet and replica.status()[0].last_synced_at is not None:
+        for line in watch.summary(args.db, [shape.local_name]):
+            print(line, file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -236,13 +243,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from replica.cli.config import load_config, parse_listen
     from replica.cli.daemon import run_daemon
 
+    check_timeout(args)
     config = load_config(args.config)
     if args.log_format:
         config = replace(config, log_format=args.log_format)
     if args.verbose:
         config = replace(config, log_level="debug")
     listen = parse_listen(args.listen) if args.listen else None
-    return run_daemon(config, listen=listen, once=args.once)
+    return run_daemon(config, listen=listen, once=args.once, timeout=args.timeout)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -295,7 +303,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_FATAL
 
 
-async def _run_until_signal(replica: Replica, once: bool) -> None:
+async def _run_until_signal(replica: Replica, once: bool, timeout: float | None = None) -> bool:
+    """Run until done (``once``), signalled or failed: True; False if ``timeout`` seconds passed first."""
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
@@ -305,18 +314,13 @@ async def _run_until_signal(replica: Replica, once: bool) -> None:
                     return
 
         tg.start_soon(watch_signals)
-        try:
-            await replica.run(once=once)
-        except ShapeError:
-            pass  # already logged; the caller reads the shapes' states
+        with anyio.move_on_after(timeout) as deadline:  # cancels the run: a commit in flight finishes (R6)
+            try:
+                await replica.run(once=once)
+            except ShapeError:
+                pass  # already logged; the caller reads the shapes' states
         tg.cancel_scope.cancel()
-
-
-def _remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal", "-replica-lock"):
-        target = Path(f"{path}{suffix}")
-        if target.exists():
-            target.unlink()
+    return not deadline.cancelled_caught
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from replica.cli.endpoint import Endpoint, url_host
 from replica.cli.exits import EXIT_FATAL, EXIT_OK, EXIT_USAGE
 from replica.cli.logs import FailureLog, Progress, setup_logging
 from replica.cli.metrics import Metrics
+from replica.cli.once import OnceWatch, discarding
 from replica.errors import ConfigError, ReplicaError, ShapeError
 from replica.redaction import Redactor, is_sensitive
 from replica.status import ShapeStatus
@@ -40,8 +41,12 @@ TTY_REFRESH = 0.5  # seconds between redraws of the progress line
 REFRESH_DEBOUNCE = 1.0  # shapes hitting 401 together re-read the credentials once
 
 
-def run_daemon(config: Config, *, listen: tuple[str, int] | None = None, once: bool = False) -> int:
-    """Run until signalled (or, with ``once``, until every shape is up to date). Returns the exit code."""
+def run_daemon(
+    config: Config, *, listen: tuple[str, int] | None = None, once: bool = False, timeout: float | None = None
+) -> int:
+    """Run until signalled (or, with ``once``, until every shape is up to date, or ``timeout``
+    seconds have passed: exit 1). Returns the exit code. A database this run created is removed
+    again if nothing was committed to it."""
     redact = Redactor()
     tty = sys.stderr.isatty() and config.log_format == "text"
     setup_logging(redact, fmt=config.log_format, level=config.log_level, tty=tty)
@@ -63,7 +68,8 @@ def run_daemon(config: Config, *, listen: tuple[str, int] | None = None, once: b
         log.info("serving /healthz /readyz /metrics /txid on http://%s:%d", url_host(str(bound[0])), bound[1])
         threading.Thread(target=server.serve_forever, name="replica-http", daemon=True).start()
     try:
-        return anyio.run(daemon.main, once)
+        with discarding(config.database):
+            return anyio.run(daemon.main, once, timeout)
     finally:
         if server is not None:
             server.shutdown()
@@ -83,6 +89,7 @@ class Daemon:
         names = tuple(shape.local_name for shape in config.shapes)
         self.progress = Progress(names)
         self.failures = FailureLog()
+        self.watch = OnceWatch()
         self.stopping = False
         self._refreshed = -REFRESH_DEBOUNCE
         self._refresh_lock = threading.Lock()
@@ -140,14 +147,15 @@ class Daemon:
 
     # --- the run ---
 
-    async def main(self, once: bool) -> int:
+    async def main(self, once: bool, timeout: float | None = None) -> int:
         code = EXIT_OK
+        self.watch.start()
         async with anyio.create_task_group() as tg:
             scope = anyio.CancelScope()
             tg.start_soon(self._watch_signals, scope)
             tg.start_soon(self._report_progress)
             tg.start_soon(self._announce_ready)
-            with scope:
+            with scope, anyio.move_on_after(timeout) as deadline:
                 try:
                     await self.replica.run(once=once)
                     if not once and not self.stopping:
@@ -163,6 +171,13 @@ class Daemon:
         if self.stopping:
             log.info("stopped")
             return EXIT_OK
+        if deadline.cancelled_caught:
+            for line in self.watch.timed_out(timeout or 0, self.replica.status()):
+                log.error("%s", line)
+            return EXIT_FATAL
+        if once and code == EXIT_OK:
+            for line in self.watch.summary(self.config.database, [s.local_name for s in self.config.shapes]):
+                log.info("%s", line)
         return code
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
@@ -203,6 +218,7 @@ class Daemon:
 
     def _observe(self, event: SyncEvent) -> None:
         self.metrics.observe(event)
+        self.watch.observe(event)
         name = event.name
         if event.kind == "response":
             self.progress.received(name, event.size)

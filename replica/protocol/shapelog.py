@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replica.errors import ProtocolError, ServerBusy, ShapeError
-from replica.protocol import answers, wire
+from replica.protocol import answers, endpoint, wire
 from replica.protocol.commits import Ahead, Changes, Checkpoint, Commit, Request, Response
 from replica.protocol.messages import Change, Control, parse_body
 from replica.protocol.shape import Shape
@@ -51,14 +51,18 @@ class ShapeLog:
     response ends with up-to-date), *live* (long-polls with the cursor echoed). ``receive`` returns
     a ``Commit`` when there is something to write: a staging step (rows of an unfinished snapshot or
     burst, checkpointed so a crash resumes mid-way) or a publish at up-to-date.
+    ``url``: the shape endpoint the responses come from, only for messages (an answer that is no
+    shape log names the URL to use instead).
     """
 
     def __init__(
-        self, shape: Shape, checkpoint: Checkpoint | None = None, *, nonce: str = "0", sse: bool = False
+        self, shape: Shape, checkpoint: Checkpoint | None = None, *, nonce: str = "0", sse: bool = False,
+        url: str | None = None,
     ) -> None:
         self.shape = shape
         #: Follow the live log as Server-Sent Events (one held stream) rather than long-polls.
         self.sse = sse
+        self.url = url  # named in the message for an answer that is no shape log
         self._nonce = nonce
         self._busts = 0
         self._bust = False
@@ -215,6 +219,8 @@ class ShapeLog:
         return True
 
     def _receive_ok(self, response: Response, ahead: Ahead | None) -> Commit | None:
+        # A wrong URL (Electric's root, a web page) first: its message names the fix.
+        endpoint.check_shape_log(response.status, response.headers, response.body, self.url)
         if self._is_stale(response):
             return None
         # Validate everything before changing any state: a bad response is retried at the same offset.

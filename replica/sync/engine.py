@@ -26,7 +26,7 @@ from replica.redaction import Redactor
 from replica.store import Store
 from replica.sync import http
 from replica.sync.backoff import Backoff
-from replica.sync.follow import Host, Session, UnauthorizedHook, follow
+from replica.sync.follow import WRONG_URL_LIMIT, Host, Session, UnauthorizedHook, follow
 from replica.sync.group import Group
 
 __all__ = ["Auth", "SyncConfig", "run_engine"]
@@ -47,6 +47,7 @@ class SyncConfig:
     transport: httpx.AsyncBaseTransport | None = None
     live: str = wire.LIVE_LONG_POLL  # how shapes without their own ``live`` receive live changes
     sse_silence: float = http.DEFAULT_SSE_SILENCE
+    wrong_url_limit: int | None = WRONG_URL_LIMIT
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ async def run_engine(
     params = _with_secret(auth.params, config.secret)
     session = Session(config.url, store, converter, config.backoff, config.live_timeout, config.request_timeout,
                       auth.redact, call_store, auth.headers, params, auth.on_unauthorized, config.live,
-                      config.sse_silence)
+                      config.sse_silence, config.wrong_url_limit)
     count = len(config.shapes)
     shared = http.new_client(connections=count, transport=config.transport) if config.transport else None
     clients = [shared or http.new_client(tls=tls) for _ in config.shapes]

@@ -25,7 +25,7 @@ import anyio.abc
 import httpx
 
 from replica import fast
-from replica.errors import ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
+from replica.errors import NotAShapeLog, ProtocolError, ServerBusy, ShapeError, StoreError, TransientError
 from replica.protocol import wire
 from replica.protocol.shape import Shape
 from replica.protocol.shapelog import Checkpoint, Commit, ShapeLog
@@ -37,7 +37,7 @@ from replica.sync.backoff import Backoff, parse_retry_after
 from replica.sync.stream import LiveMode
 from replica.typemap.schema import TableSchema
 
-__all__ = ["AUTH_RETRY_LIMIT", "Coordinator", "Host", "InFlight", "Session", "follow"]
+__all__ = ["AUTH_RETRY_LIMIT", "WRONG_URL_LIMIT", "Coordinator", "Host", "InFlight", "Session", "follow"]
 
 log = logging.getLogger("replica")
 #: Retries are logged here, so that a host with its own summary of failures (the daemon) can drop them by name.
@@ -45,6 +45,9 @@ retry_log = logging.getLogger("replica.retry")
 
 AUTH_RETRY_LIMIT = 5  # consecutive 401/403 answered with new headers before giving up
 QUICK_LIMIT = 5  # long-polls answered at once with nothing, in a row, before backing off (R5)
+#: Answers in a row that are no shape log before a shape that never synced stops: one can be a stray
+#: (a cache, a portal's first page), three with backoff between them (~1.5 s) are the URL (design.md §9).
+WRONG_URL_LIMIT = 3
 
 T = TypeVar("T")
 UnauthorizedHook = Callable[[int], Mapping[str, str] | None | Awaitable[Mapping[str, str] | None]]
@@ -92,6 +95,8 @@ class Session:
     on_unauthorized: UnauthorizedHook | None
     live: str = wire.LIVE_LONG_POLL  # how shapes without their own ``live`` follow the live log
     sse_silence: float = http.DEFAULT_SSE_SILENCE  # the SSE watchdog (stream.LiveMode)
+    #: Answers that are no shape log, in a row, that stop a shape with no stored position (None: never).
+    wrong_url_limit: int | None = WRONG_URL_LIMIT
 
 
 class InFlight(Generic[T]):
@@ -157,6 +162,8 @@ class _Follower:
         self.staging = staging
         self.group = group
         self.pending: InFlight[Applied] | None = None
+        #: Has this URL ever served this shape? (a stored position, or an answer accepted in this run)
+        self.proven: bool | None = None
         self.poll: anyio.CancelScope | None = None  # the long-poll in flight, which a probe may drop
         self.refresh = False  # a probe asked for a non-live catch-up next
         self.log: ShapeLog | None = None
@@ -197,7 +204,7 @@ class _Follower:
         session, name = self.session, self.name
         self.host._set(name, state="connecting")
         shape_log = self.log = await self._rebuild()
-        attempt = quick = auth_retries = 0
+        attempt = quick = auth_retries = wrong = 0
         extra_headers: dict[str, str] = {}
         while True:
             if self.refresh:
@@ -235,6 +242,7 @@ class _Follower:
                 if response is not None:  # an SSE request answered without a stream comes here too
                     self.host._observe("response", name, status=response.status, size=len(response.body))
                     commit = shape_log.receive(response, ahead=ahead)
+                    self.proven, wrong = True, 0
                     if response.status in (409, 400):  # a 400 that did not raise: offset out of bounds
                         self.host._observe("refetch", name)
                         if self.group is not None:
@@ -252,15 +260,15 @@ class _Follower:
                         await anyio.sleep(session.backoff.delay(auth_retries))
                         auth_retries += 1
                         continue
-                await self._settle()
-                message = session.redact(str(exc))
-                log.error("shape %s stopped: %s", name, message)
-                self.host._set(name, state="error", error=message)
-                if self.group is not None:
-                    self.group.failed(name)
-                await session.call_store(session.store.set_state, name, "error", message)
+                await self._stop(exc)
                 return
             except (TransientError, ProtocolError, StoreError) as exc:
+                wrong = wrong + 1 if isinstance(exc, NotAShapeLog) else 0
+                limit = session.wrong_url_limit
+                if not self.proven and limit is not None and wrong >= limit:
+                    # Nothing ever came from this URL, and it keeps answering with something else.
+                    await self._stop(exc)
+                    return
                 if not isinstance(exc, TransientError):
                     await self._settle()  # the log restarts from the store, so let it finish first
                 delay = session.backoff.delay(attempt, _retry_after(exc, response))
@@ -328,14 +336,26 @@ class _Follower:
             self.host._set(name, last_synced_at=time.time())
             self.host._reached(name)
 
+    async def _stop(self, exc: Exception) -> None:
+        """Stop this shape for good (R7): its state and the store say why."""
+        await self._settle()
+        message = self.session.redact(str(exc))
+        log.error("shape %s stopped: %s", self.name, message)
+        self.host._set(self.name, state="error", error=message)
+        if self.group is not None:
+            self.group.failed(self.name)
+        await self.session.call_store(self.session.store.set_state, self.name, "error", message)
+
     async def _rebuild(self) -> ShapeLog:
         checkpoint: Checkpoint | None = await self.session.call_store(self.session.store.checkpoint, self.shape)
+        if self.proven is None:
+            self.proven = checkpoint is not None
         if checkpoint is not None and checkpoint.up_to_date:
             # Resume with one non-live catch-up, as Electric's own client does: it answers at once
             # (with what changed meanwhile, and up-to-date), where a long-poll could hold us ~20 s
             # before the shape counts as synced again.
             checkpoint = replace(checkpoint, up_to_date=False)
-        return ShapeLog(self.shape, checkpoint, nonce=secrets.token_hex(4), sse=self.live.sse)
+        return ShapeLog(self.shape, checkpoint, nonce=secrets.token_hex(4), sse=self.live.sse, url=self.session.url)
 
     async def _collect(self) -> None:
         if self.pending is not None:

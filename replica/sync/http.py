@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -231,6 +232,8 @@ def _translated(exc: Exception, url: str, timeout: float) -> Exception:
         return ConfigError(f"url: {exc}; use http:// or https://")
     if isinstance(exc, httpx.TimeoutException):
         return NetworkError(f"timed out after {timeout:g} s waiting for {redact_url(url)}")
+    if isinstance(exc, httpx.ConnectError):
+        return NetworkError(f"cannot connect to {redact_url(url)}: {_connect_failure(exc)}")
     # Connect errors, resets, and bodies cut short (RemoteProtocolError) all mean: resend.
     return NetworkError(f"{type(exc).__name__} talking to {redact_url(url)}: {_safe(exc)}")
 
@@ -300,6 +303,18 @@ async def open_stream(
         except _TRANSLATED as exc:
             raise _translated(exc, url, silence) from exc
         yield stream
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    """Why a connection failed, in words that name the fix (httpx says "All connection attempts failed")."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (nothing listens there); is the server running, and is the port right?"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name ({cause.strerror}); check the URL"
+        cause = cause.__cause__ or cause.__context__
+    return _safe(exc)
 
 
 def _safe(exc: Exception) -> str:

@@ -39,7 +39,7 @@ from replica.sync.backoff import Backoff
 from replica.sync.child import can_run_child, run_child
 from replica.sync.engine import Auth, SyncConfig, run_engine
 from replica.sync.events import SyncEvent
-from replica.sync.follow import UnauthorizedHook
+from replica.sync.follow import WRONG_URL_LIMIT, UnauthorizedHook
 from replica.sync.visible import Seen, Visible
 
 __all__ = ["CHILD", "INLINE", "Replica"]
@@ -71,6 +71,9 @@ class Replica:
     default) or ``"sse"`` (one held Server-Sent Events stream per shape; a shape whose streams
     keep failing long-polls instead, see ``status()``'s ``live_mode``). ``sse_silence``: seconds an
     SSE stream may stay silent (Electric sends a keep-alive every 21 s) before it is given up.
+    ``wrong_url_limit``: a shape with no stored position stops (state ``error``) after this many
+    answers in a row that are no shape log (a wrong URL: the error names the right one); None
+    retries forever. A shape that synced before always retries (such a page may be a proxy's).
     ``overrides``: deprecated; give each Shape its ``types`` instead.
     """
 
@@ -95,6 +98,7 @@ class Replica:
         process: str | None = None,
         live: str = wire.LIVE_LONG_POLL,
         sse_silence: float = http.DEFAULT_SSE_SILENCE,
+        wrong_url_limit: int | None = WRONG_URL_LIMIT,
     ) -> None:
         self.db_path = Path(db_path)
         self.url = url
@@ -110,8 +114,10 @@ class Replica:
             raise ConfigError(f"sse_silence: must be a positive number of seconds, got {sse_silence!r}")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"url: must start with http:// or https://, got {redact_url(url)[:40]!r}")
+        if wrong_url_limit is not None and wrong_url_limit < 1:
+            raise ConfigError(f"wrong_url_limit: give a count of at least 1, or None, got {wrong_url_limit!r}")
         self._config = SyncConfig(self.db_path, url, self.shapes, secret, verify, backoff or Backoff(), live_timeout,
-                                  request_timeout, transport, live, sse_silence)
+                                  request_timeout, transport, live, sse_silence, wrong_url_limit)
         self.process = _where(process, self._config)
         # No secret appears in a log line, status or error (an error page may echo the request).
         self._redact = Redactor([secret], url=url, named=[*(headers or {}).items(), *(params or {}).items()])
