@@ -785,10 +785,14 @@ def test_409_without_handle_header(make_session: Callable[..., Session]) -> None
     fake = session.fake
     fake.faults.add(Fault("must_refetch", handle=False, phase="live"))
     fake.insert("items", {"id": "900", "title": "x", "done": "t", "prio": "1"})
-    deadline = time.monotonic() + 30  # the client may report up-to-date for the old rows before the 409 lands
-    while not session.driver.controls_for(sid):
-        assert time.monotonic() < deadline, "no must-refetch reached the client"
+    # The in-flight long-poll may deliver row 900 under the old handle before the next request
+    # draws the 409, so "synced" alone can still be the old shape: wait for the new handle's rows.
+    deadline = time.monotonic() + 30
+    while (event := session.driver.rows_event(sid)) is None or event["handle"] == first["handle"]:
+        session.check_problems(sid)
+        assert time.monotonic() < deadline, "the client never restarted under a new handle"
         time.sleep(0.02)
+    assert session.driver.controls_for(sid), "a new handle without a must-refetch"
     after = session.wait_synced(sid)
     assert after["handle"] != first["handle"]
 
