@@ -13,7 +13,7 @@ from replica.typemap.schema import OVERRIDES
 
 __all__ = ["DEFAULT_GROUP", "Shape"]
 
-DEFAULT_GROUP = "default"  # every shape of a Replica is in one consistency group unless it says otherwise
+DEFAULT_GROUP = "default"  # every shape of a Replica is in one consistency group (up to 32: sync/group.py)
 
 
 Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -28,7 +28,8 @@ class Shape:
     a float (lossy), ``"text"`` keeps any column's value exactly as sent. ``params`` and ``types``
     may be given as mappings; they are kept as sorted tuples, so a Shape is hashable.
     ``group``: the consistency group (R11) — shapes of one Replica with the same group are only
-    ever visible at one common Postgres LSN; ``None`` lets this shape publish on its own. ``live``:
+    ever visible at one common Postgres LSN (the default group holds at most 32 shapes: past that,
+    they publish on their own); ``None`` lets this shape publish on its own. ``live``:
     how live changes arrive, ``"long-poll"`` or ``"sse"`` (one held Server-Sent Events stream,
     falling back to long-polls where streams fail); None takes the ``Replica``'s ``live``.
     Neither ``types`` nor ``live`` is part of the server-side definition.

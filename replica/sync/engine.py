@@ -27,7 +27,7 @@ from replica.store import Store
 from replica.sync import http
 from replica.sync.backoff import Backoff
 from replica.sync.follow import WRONG_URL_LIMIT, Host, Session, UnauthorizedHook, follow
-from replica.sync.group import Group
+from replica.sync.group import Group, group_members
 
 __all__ = ["Auth", "SyncConfig", "run_engine"]
 
@@ -112,15 +112,10 @@ async def run_engine(
 
 def _groups(shapes: tuple[Shape, ...], session: Session, host: Host) -> dict[str, Group]:
     """Each shape's consistency group, by local name; a group of one needs no coordinator."""
-    members: dict[str, list[Shape]] = {}
-    for shape in shapes:
-        if shape.group is not None:
-            members.setdefault(shape.group, []).append(shape)
     found = {}
-    for name, group_shapes in members.items():
-        if len(group_shapes) > 1:
-            group = Group(name, group_shapes, session, host)
-            found.update({shape.local_name: group for shape in group_shapes})
+    for name, group_shapes in group_members(shapes).items():
+        group = Group(name, group_shapes, session, host)
+        found.update({shape.local_name: group for shape in group_shapes})
     return found
 
 

@@ -21,15 +21,40 @@ from dataclasses import dataclass
 
 import anyio
 
-from replica.protocol.shape import Shape
+from replica.protocol.shape import DEFAULT_GROUP, Shape
 from replica.store import Applied, Pending
 from replica.sync.follow import Host, Session
 
-__all__ = ["PROBE_WINDOW", "Group", "Member", "Plan", "plan"]
+__all__ = ["DEFAULT_GROUP_LIMIT", "PROBE_WINDOW", "Group", "Member", "Plan", "group_members", "plan"]
 
 log = logging.getLogger("replica")
 
-PROBE_WINDOW = 0.1  # a member is asked for a catch-up at most once per window (Electric's own client waits 100 ms)
+PROBE_WINDOW = 0.025  # a member is asked for a catch-up at most once per window (design.md §3c: measured)
+# A change costs a catch-up request per quiet member: past this many shapes the default group is not
+# formed (a group of 1,000 took a core at one change a second; design.md §3c). Named groups are the app's call.
+DEFAULT_GROUP_LIMIT = 32
+
+
+def group_members(shapes: Sequence[Shape]) -> dict[str, list[Shape]]:
+    """The groups to coordinate: shapes by group name, groups of one left out (they publish on their
+    own), and the default group only up to ``DEFAULT_GROUP_LIMIT`` shapes (logged when dropped)."""
+    members: dict[str, list[Shape]] = {}
+    for shape in shapes:
+        if shape.group is not None:
+            members.setdefault(shape.group, []).append(shape)
+    formed = {}
+    for name, group_shapes in members.items():
+        if name == DEFAULT_GROUP and len(group_shapes) > DEFAULT_GROUP_LIMIT:
+            log.warning(
+                "%d shapes are in the default consistency group; past %d its cost per change is too high "
+                "(one catch-up request per quiet shape), so they publish on their own. Give the shapes that "
+                "must be consistent a group of their own (Shape(group=\"orders\"), group = \"orders\" in the "
+                "config), and the others group=None (group = false) to silence this.",
+                len(group_shapes), DEFAULT_GROUP_LIMIT,
+            )
+        elif len(group_shapes) > 1:
+            formed[name] = group_shapes
+    return formed
 
 
 @dataclass

@@ -5,7 +5,7 @@
 Loopback only, bounded. A FakeElectric (20 s long-polls, like Electric) serves table ``t`` with one
 row per shape; each shape is ``where id = $1``. Two clients, one after the other, in their own
 processes: the shapes in one group (the default) and the same shapes with ``group=None``. After
-every shape is live, the server changes one row (one shape) ``--changes`` times, 50 ms apart, and
+every shape is live, the server changes one row (one shape) ``--changes`` times, ``--gap`` ms apart (50 and 250), and
 measures the time from each change to the client's on_commit (server release → visible), the
 requests the client sent meanwhile, and the client's CPU. ``--shapes 5`` is the small-group latency
 case; the default 1000 is the issue's "a change in a group of 1,000 quiet shapes".
@@ -84,7 +84,7 @@ def client(url: str, db: str, shapes: int, grouped: str, count: int) -> None:
     replica.stop()
 
 
-def measure(shapes: int, count: int, grouped: str, tmp: Path) -> dict[str, Any]:
+def measure(shapes: int, count: int, gap_ms: int, grouped: str, tmp: Path) -> dict[str, Any]:
     srv = bench.Server([PY, __file__, "server", str(shapes)])
     try:
         url = json.loads(srv.first)["url"]
@@ -100,7 +100,7 @@ def measure(shapes: int, count: int, grouped: str, tmp: Path) -> dict[str, Any]:
         srv.proc.stdin.flush()
         before = json.loads(srv.proc.stdout.readline())["requests"]
         cpu0, t0 = bench.proc_cpu(proc.pid), time.monotonic()
-        srv.proc.stdin.write(f"go {count} 50\n")
+        srv.proc.stdin.write(f"go {count} {gap_ms}\n")
         srv.proc.stdin.flush()
         released = json.loads(srv.proc.stdout.readline())["released"]
         seen = json.loads(proc.stdout.readline())["seen"]
@@ -114,7 +114,7 @@ def measure(shapes: int, count: int, grouped: str, tmp: Path) -> dict[str, Any]:
     finally:
         srv.close()
     latency = bench.percentiles(released, seen)
-    return {"shapes": shapes, "mode": grouped, "ready_s": round(ready_s, 1), **latency,
+    return {"shapes": shapes, "gap_ms": gap_ms, "mode": grouped, "ready_s": round(ready_s, 1), **latency,
             "requests_per_change": round((after - before) / count, 1),
             "cpu_ms_per_change": round(cpu * 1000 / count, 1), "cpu_percent_of_one_core": round(cpu / window * 100, 1)}
 
@@ -123,19 +123,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", type=int, nargs="+", default=[5, 1000])
     parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--gap", type=int, nargs="+", default=[50, 250], help="ms between changes")
     args = parser.parse_args()
     import tempfile
 
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for shapes in args.shapes:
-            for grouped in ("grouped", "ungrouped"):
-                results.append(measure(shapes, args.changes, grouped, Path(scratch)))
+            for gap in args.gap:
+                for grouped in ("grouped", "ungrouped"):
+                    results.append(measure(shapes, args.changes, gap, grouped, Path(scratch)))
                 print("  ", results[-1], flush=True)
-    print("| shapes | group | p50 ms | p99 ms | requests per change | client CPU ms per change |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| shapes | ms between changes | group | p50 ms | p99 ms | requests per change | client CPU ms per change |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['shapes']} | {r['mode']} | {r['p50_ms']} | {r['p99_ms']} | {r['requests_per_change']} | "
+        print(f"| {r['shapes']} | {r['gap_ms']} | {r['mode']} | {r['p50_ms']} | {r['p99_ms']} | {r['requests_per_change']} | "
               f"{r['cpu_ms_per_change']} |")
     print(json.dumps({"groups": results, "facts": bench.facts()}))
 
