@@ -34,8 +34,8 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data
 
-from replica import tune_process
 from replica.fast import convert as scratch
+from replica.tuning import tune_process
 from replica.typemap import sql as sqlconvert
 from replica.typemap.schema import TableSchema, create_table_sql, quote_ident
 
@@ -140,7 +140,7 @@ def jsonb_sql_ahead(bodies: list[Path], conn: apsw.Connection, sql: str, schema:
                 conn.execute(f"ATTACH ? AS {sqlconvert.attached_name(n)}", (part.uri,))
             with conn:
                 for n in range(len(parts)):
-                    conn.execute(upsert_from(sql, sqlconvert.attached_select(len(schema.names), "", n)))
+                    conn.execute(upsert_from(sql, sqlconvert.attached_select(len(schema.names), "", sqlconvert.attached_name(n))))
             for n, part in enumerate(parts):
                 conn.execute(f"DETACH {sqlconvert.attached_name(n)}")
                 part.close()

@@ -83,7 +83,8 @@ def replica(url: str, db: str, count: int, process: str = "inline", live: str = 
 
 
 def idle(url: str, db: str, shapes: int, live: str = "long-poll") -> None:
-    rep = Replica(db, url, [Shape("live", where=f"id = {i}", name=f"idle_{i}") for i in range(1, shapes + 1)],
+    rep = Replica(db, url, [Shape("live", where=f"id = {i}", name=f"idle_{i}", group=None)  # unrelated shapes
+                            for i in range(1, shapes + 1)],
                   process="inline", live=live)  # the CPU measured is this process's
     rep.start()
     if not rep.wait_until_synced(120):

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -304,16 +305,27 @@ def test_a_group_of_sse_shapes_never_shows_half_a_transfer_and_publishes_promptl
     db = tmp_path / "g.db"
     values = {(t, i): EACH for t in ("acct_a", "acct_b") for i in range(1, ROWS + 1)}
     seen: list[tuple[int, int] | None] = []
+    updated = threading.Event()
+
+    def on_commit(applied: Any) -> None:
+        if applied.name == "acct_a" and applied.updated:
+            updated.set()
+
     with serve_in_thread(fake) as server, Replica(db, server.url, [Shape("acct_a"), Shape("acct_b")],
-                                                   live="sse") as replica:
+                                                   live="sse", on_commit=on_commit) as replica:
         assert replica.wait_until_synced(30)
         time.sleep(0.5)  # both hold their streams now
         started = time.monotonic()
-        fake.update("acct_a", {"id": "1", "amount": str(EACH)})  # a change to one quiet member
-        fake.update("acct_a", {"id": "1", "amount": str(EACH + 1)})
-        fake.update("acct_a", {"id": "1", "amount": str(EACH)})
-        wait_for(lambda: converged(fake, db) and any(q.get("live_sse") and q["table"] == "acct_a"
-                                                     for q in live_requests(fake)), "the change to one member")
+        # Changes to one quiet member, each moving 5 between two of its rows: every state keeps the
+        # total, so a read while they arrive is never a false alarm (a +1 and back was: Postgres had it).
+        for a, b in ((1, 2), (2, 1), (1, 2)):
+            values[("acct_a", a)] -= 5
+            values[("acct_a", b)] += 5
+            with fake.transaction() as tx:
+                tx.update("acct_a", {"id": str(a), "amount": str(values[("acct_a", a)])})
+                tx.update("acct_a", {"id": str(b), "amount": str(values[("acct_a", b)])})
+        wait_for(lambda: updated.is_set() and converged(fake, db) and any(
+            q.get("live_sse") and q["table"] == "acct_a" for q in live_requests(fake)), "the change to one member")
         prompt = time.monotonic() - started
         thread = threading.Thread(target=lambda: [transfer(fake, values, i) or time.sleep(0.004) for i in range(200)])
         thread.start()
