@@ -73,7 +73,8 @@ class OnceWatch:
             elapsed = self._reached.get(name, time.monotonic()) - self.started
             rows = row.get("rows")
             lines.append(
-                f"{name}: {'?' if rows is None else f'{rows:,}'} rows, {elapsed:.{2 if elapsed < 1 else 1}f} s, "
+                f"{name}: {'?' if rows is None else f'{rows:,}'} row{'' if rows == 1 else 's'}, "
+                f"{elapsed:.{2 if elapsed < 1 else 1}f} s, "
                 f"handle {row.get('handle') or '-'}, offset {row.get('offset') or '-'}"
             )
         return lines
