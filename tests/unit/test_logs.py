@@ -121,3 +121,30 @@ def test_progress_reports_rows_bytes_and_rate_per_shape() -> None:
     assert progress.line() == "items 10,000 rows 3.0 MB 5,000 rows/s | orders done 50 rows 0 B in 2.0 s"
     progress.reached("items", failed=True)
     assert progress.finished and progress.line().startswith("items failed after 10,000 rows")
+
+
+def test_progress_of_many_shapes_is_one_summary_naming_the_first_few_left() -> None:
+    clock = Clock()
+    names = tuple(f"s{i}" for i in range(1, 1001))
+    progress = Progress(names, clock=clock)
+    for i, name in enumerate(names, 1):
+        progress.rows(name, 1)
+        progress.received(name, 275)
+        if i <= 995:
+            progress.reached(name, failed=i == 7)
+    clock.now = 13.0
+    line = progress.line()
+    assert line == "1,000 shapes: 994 done, 1 failed (s7), 5 syncing (s996, s997, s998, …); 1,000 rows 275.0 kB in 13.0 s"
+    for name in names[995:]:
+        progress.reached(name)
+    assert progress.finished
+    assert progress.line() == "1,000 shapes: 999 done, 1 failed (s7); 1,000 rows 275.0 kB in 13.0 s"
+
+
+def test_progress_names_every_shape_up_to_the_detail_limit() -> None:
+    from replica.cli.logs import DETAIL_LIMIT
+
+    names = tuple(f"s{i}" for i in range(DETAIL_LIMIT))
+    line = Progress(names, clock=Clock()).line()
+    assert line.count(" | ") == DETAIL_LIMIT - 1 and "shapes:" not in line
+    assert Progress((*names, "one_more"), clock=Clock()).line().startswith(f"{DETAIL_LIMIT + 1} shapes: 0 done")
