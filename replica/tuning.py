@@ -47,6 +47,11 @@ def tune_process() -> dict[str, bool]:
     it. Without it, converting a 100k-row wide snapshot took 0.65-0.73 s instead of 0.43-0.44 s.
     It loses ``apsw.memory_used()`` and the soft heap limit, and it needs SQLite restarted, so it
     is applied only while no apsw connection is open and SQLite holds no memory.
+
+    ``open_files_at_hard_limit``: each shape holds a long-poll, so a connection and a file
+    descriptor; a daemon of 1,000 shapes held 1,011. The soft limit (often 1,024) is raised to the
+    hard limit (65,536 if that is unlimited), as servers that hold many connections do; the hard
+    limit is the administrator's.
     """
     global _large_reads
     _large_reads = True
@@ -55,7 +60,27 @@ def tune_process() -> dict[str, bool]:
         "big_buffers_to_os": _mallopt(_M_MMAP_THRESHOLD, 1 << 20),
         "freed_heap_kept": _mallopt(_M_TRIM_THRESHOLD, 16 << 20),
         "sqlite_memstatus_off": _sqlite_memstatus_off(),
+        "open_files_at_hard_limit": _open_files_at_hard_limit(),
     }
+
+
+def _open_files_at_hard_limit() -> bool:
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return False
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # an unlimited hard limit is above what the kernel allows a soft one to be: 65,536 is plenty
+    target = OPEN_FILES_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return False
+    return True
+
+
+OPEN_FILES_UNLIMITED = 65536
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h

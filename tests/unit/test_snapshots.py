@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_store import ITEMS, SCHEMA, change, commit, rows  # noqa: F401  (shared helpers)
+from test_store import ITEMS, SCHEMA, change, commit, rows
 
 from replica.errors import ProtocolError, StoreError
 from replica.protocol import Shape
+from replica.store import snapshots
 from replica.store.store import Store
+from replica.typemap.schema import create_table_sql
 
 SNAPSHOT = "_replica_new_items"
 
@@ -21,7 +23,11 @@ def tables(store: Store) -> list[str]:
 
 
 @pytest.mark.guarantee("R2")
-def test_a_first_snapshot_is_staged_invisibly_and_renamed_into_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy_below", [0, 1000], ids=["renamed", "copied"])
+def test_a_first_snapshot_is_staged_invisibly_and_renamed_into_place(
+    tmp_path: Path, copy_below: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshots, "COPY_BELOW", copy_below)  # a small snapshot is copied, a larger one renamed
     with Store(tmp_path / "a.db") as store:
         store.apply(commit([], "0_0", up_to_date=False, refetch=True))  # a first response without rows
         store.apply(commit([change("insert", i, title=f"t{i}", n=str(i)) for i in range(1, 6)], "0_1",
@@ -36,6 +42,10 @@ def test_a_first_snapshot_is_staged_invisibly_and_renamed_into_place(tmp_path: P
         assert (applied.inserted, applied.rows, applied.refetch, applied.keys) == (5, 5, True, {})
         status = store.status("items")[0]
         assert (status.offset, status.rows, status.staged) == ("0_inf", 5, 0)
+        # either way the table is the one a rename gives: the staged layout under its own name
+        schema = store.connection.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE tbl_name = 'items' ORDER BY name").fetchall()
+    assert schema == [("table", "items", "items", create_table_sql("items", SCHEMA))]
 
 
 @pytest.mark.guarantee("R2")

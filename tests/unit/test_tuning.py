@@ -33,7 +33,7 @@ def test_a_fresh_process_is_tuned_and_sqlite_works_on(tmp_path: Path) -> None:
                           "rows": conn.execute("SELECT count(*) FROM t").fetchone()[0]}))
     """, tmp_path)
     tuned = {"large_socket_reads": True, "big_buffers_to_os": True, "freed_heap_kept": True,
-             "sqlite_memstatus_off": True}
+             "sqlite_memstatus_off": True, "open_files_at_hard_limit": True}
     assert out["first"] == out["again"] == tuned
     assert out["counted"] == 0  # SQLite no longer counts: the statistics are off
     assert out["rows"] == 1
@@ -76,6 +76,21 @@ def test_freed_heap_memory_stays_mapped_for_reuse(tmp_path: Path) -> None:
             ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
     """, tmp_path)
     assert alone > 6 << 20
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    # a daemon of 1,000 shapes holds ~1,011 descriptors: past a soft limit of 1,024 it would fail
+    out = run("""
+        import json, resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        from replica.tuning import tune_process
+        tuned = tune_process()["open_files_at_hard_limit"]
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        print(json.dumps({"tuned": tuned, "limit": resource.getrlimit(resource.RLIMIT_NOFILE), "hard": hard,
+                          "target": target}))
+    """, tmp_path)
+    assert out["tuned"] is True and out["limit"] == [out["target"], out["hard"]]
 
 
 def test_sqlite_is_left_alone_while_a_connection_is_open(tmp_path: Path) -> None:
