@@ -64,13 +64,16 @@ def tune_process() -> dict[str, bool]:
     }
 
 
+OPEN_FILES_UNLIMITED = 65536  # the soft open-files limit asked for when the hard one is unlimited
+
+
 def _open_files_at_hard_limit() -> bool:
     try:
         import resource
     except ImportError:  # not POSIX
         return False
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # an unlimited hard limit is above what the kernel allows a soft one to be: 65,536 is plenty
+    # an unlimited hard limit is above what the kernel allows a soft one to be
     target = OPEN_FILES_UNLIMITED if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
@@ -78,9 +81,6 @@ def _open_files_at_hard_limit() -> bool:
         except (ValueError, OSError):
             return False
     return True
-
-
-OPEN_FILES_UNLIMITED = 65536
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h

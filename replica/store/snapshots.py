@@ -83,8 +83,8 @@ def append(
 
 
 def publish(conn: apsw.Connection, name: str, table: TableSchema, *, replace: bool) -> None:
-    """The staged snapshot becomes the rows of ``name``: renamed into place (``replace`` False: the
-    table must not exist), or copied over its rows (``replace`` True: the table has ``table``'s
+    """The staged snapshot becomes the rows of ``name``: renamed (or, small, copied) into place
+    (``replace`` False: the table must not exist), or copied over its rows (``replace`` True: the table has ``table``'s
     layout already). The snapshot table is gone afterwards."""
     snapshot = quote_ident(table_name(name))
     if replace:
@@ -94,23 +94,23 @@ def publish(conn: apsw.Connection, name: str, table: TableSchema, *, replace: bo
         conn.execute(f"DROP TABLE main.{snapshot}")
         return
     conn.execute(f"DROP INDEX IF EXISTS main.{quote_ident(identity_index_name(table_name(name)))}")
-    conn.execute("SAVEPOINT _replica_swap")
-    try:
-        # ALTER TABLE … RENAME makes SQLite parse the whole schema again: with 1,000 shapes that was
-        # half the CPU of their initial syncs. A small snapshot is cheaper copied than renamed.
-        small = conn.execute(f"SELECT count(*) <= ? FROM (SELECT 1 FROM main.{snapshot} LIMIT ?)",
-                             (COPY_BELOW, COPY_BELOW + 1)).fetchall()[0][0]
-        if small:
-            _copy(conn, name, table, snapshot)
-        else:
-            conn.execute(f"ALTER TABLE main.{snapshot} RENAME TO {quote_ident(name)}")
-    except apsw.SQLError:
-        # SQLite refuses to rename while a view or trigger names a missing table (e.g. a view the app
-        # made on this table before its first sync): create it and copy instead.
-        conn.execute("ROLLBACK TO _replica_swap")
+    # ALTER TABLE … RENAME makes SQLite parse the whole schema again: with 1,000 shapes that was half
+    # the CPU of their initial syncs. A small snapshot is cheaper copied than renamed.
+    small = conn.execute(f"SELECT count(*) <= ? FROM (SELECT 1 FROM main.{snapshot} LIMIT ?)",
+                         (COPY_BELOW, COPY_BELOW + 1)).fetchall()[0][0]
+    if small:
         _copy(conn, name, table, snapshot)
-    finally:
-        conn.execute("RELEASE _replica_swap")
+    else:
+        conn.execute("SAVEPOINT _replica_swap")
+        try:
+            conn.execute(f"ALTER TABLE main.{snapshot} RENAME TO {quote_ident(name)}")
+        except apsw.SQLError:
+            # SQLite refuses to rename while a view or trigger names a missing table (e.g. a view the
+            # app made on this table before its first sync): create it and copy instead.
+            conn.execute("ROLLBACK TO _replica_swap")
+            _copy(conn, name, table, snapshot)
+        finally:
+            conn.execute("RELEASE _replica_swap")
     index = identity_index_sql(name, table)
     if index is not None:
         conn.execute(index)

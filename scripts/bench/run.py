@@ -192,9 +192,10 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_rss(pid: int) -> float:
+def proc_rss(pid: int, field: str = "VmRSS") -> float:
+    """MB of ``field`` in the process's status: VmRSS now, VmHWM its peak."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 

@@ -98,8 +98,8 @@ def measure(shapes: int, idle: float, long_poll: float, tmp: Path) -> dict[str, 
         url = json.loads(srv.first)["url"]
         cfg = config(folder / "replica.toml", url, shapes, port)
         started, server_cpu0 = time.monotonic(), bench.proc_cpu(srv.proc.pid)
-        daemon = subprocess.Popen([PY, "-m", "replica", "run", "-c", str(cfg)], cwd=ROOT,
-                                  stderr=open(folder / "daemon.log", "w"))
+        with open(folder / "daemon.log", "w") as log:  # the daemon keeps its own descriptor
+            daemon = subprocess.Popen([PY, "-m", "replica", "run", "-c", str(cfg)], cwd=ROOT, stderr=log)
         try:
             while readyz(port) != 200:
                 if daemon.poll() is not None or time.monotonic() - started > 300:
@@ -120,19 +120,20 @@ def measure(shapes: int, idle: float, long_poll: float, tmp: Path) -> dict[str, 
             while not all_changed(folder / "many.db", shapes):
                 time.sleep(0.02)
             burst_s = time.monotonic() - burst0
-            peak = _peak_rss(daemon.pid)
+            peak = bench.proc_rss(daemon.pid, "VmHWM")
         finally:
             daemon.terminate()
             daemon.wait(30)
     finally:
         srv.close()
     log_lines = (folder / "daemon.log").read_text().count("\n")
+    per_poll = cpu * 10 / max(requests, 1e-9)  # ms of CPU per round trip: % of a core * 10 / (requests/s)
     return {"shapes": shapes, "ready_s": round(ready_s, 1), "server_cpu_s_until_ready": round(server_cpu_ready, 1),
             "idle_cpu_percent_of_one_core": round(cpu, 2),
-            "cpu_ms_per_long_poll": round(cpu * 10 / max(requests, 1e-9), 2),
+            "cpu_ms_per_long_poll": round(per_poll, 2),
             # long-polls started together return together: a window sees a multiple of N, so the
             # steady state (every shape returning once per long-poll) is worked out from the cost of one
-            "steady_idle_cpu_percent": round(cpu * 10 / max(requests, 1e-9) * shapes / long_poll / 10, 2),
+            "steady_idle_cpu_percent": round(per_poll * shapes / long_poll / 10, 2),
             "requests_per_s": round(requests, 1),
             "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1), "open_fds": fds, "burst_s": round(burst_s, 2),
             "daemon_log_lines": log_lines}
@@ -146,13 +147,6 @@ def bench_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _peak_rss(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", type=int, nargs="+", default=[100, 1000])
@@ -164,7 +158,7 @@ def main() -> None:
         parser.error(f"--idle {args.idle:g} is shorter than the long-poll ({args.long_poll:g} s): it could see no round trip")
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        for shapes in args.shapes:
+        for shapes in sorted(args.shapes):  # the smallest first: the baseline
             results.append(measure(shapes, args.idle, args.long_poll, Path(scratch)))
             print("  ", results[-1], flush=True)
     base = results[0]

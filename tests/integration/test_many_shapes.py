@@ -5,7 +5,6 @@ arrives, and the daemon's progress lines stay summaries rather than a line per s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ def test_200_shapes_in_one_daemon_reach_live_and_report_correctly(
 
     db = tmp_path / "many.db"
     done = subprocess.run([sys.executable, "-m", "replica", "status", "-c", str(tmp_path / "replica.toml"), "--json"],
-                          capture_output=True, text=True, timeout=30, env=dict(os.environ))
+                          capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     by_name = {row["name"]: row for row in json.loads(done.stdout)}
     conn = connect(db)

@@ -84,9 +84,9 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> Non
         import json, resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-        from replica.tuning import tune_process
-        tuned = tune_process()["open_files_at_hard_limit"]
-        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        from replica import tuning
+        tuned = tuning.tune_process()["open_files_at_hard_limit"]
+        target = tuning.OPEN_FILES_UNLIMITED if hard == resource.RLIM_INFINITY else hard
         print(json.dumps({"tuned": tuned, "limit": resource.getrlimit(resource.RLIMIT_NOFILE), "hard": hard,
                           "target": target}))
     """, tmp_path)
