@@ -118,13 +118,14 @@ def publish_stage(
 ) -> Applied:
     """A consistency group's publish, for one member: what ``stage`` holds at or below the LSN ``upto``.
 
-    A staged snapshot must be complete at or below ``upto`` (the group waits until it is).
+    A staged snapshot must have reached up-to-date; that it is the state at some LSN at or below
+    ``upto`` is the group's to decide (``sync.group``: it needs more than this database knows).
     """
     name = shape.local_name
     if stage.schema is None:
         raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot create its table")
-    if stage.refetch and (stage.snapshot_lsn is None or stage.snapshot_lsn > upto):
-        raise StoreError(f"the snapshot staged for {name!r} is not complete at LSN {upto}; it cannot be published yet")
+    if stage.refetch and stage.snapshot_lsn is None:
+        raise StoreError(f"the snapshot staged for {name!r} has not reached up-to-date; it cannot be published yet")
     table = TableSchema.from_electric(stage.schema, shape.overrides)
     pending = _Pending(shape, table, stage.schema, (stage.handle, stage.offset, stage.cursor), stage.refetch,
                        stage.snapshot if stage.refetch else None, upto)

@@ -17,7 +17,9 @@ import apsw
 from replica.protocol.messages import Change
 from replica.protocol.txids import Visibility, change_lsn, change_txids
 
-__all__ = ["KEEP_ROWS", "KEEP_SECONDS", "discard", "publish", "recent", "record_snapshot", "snapshots", "stage"]
+__all__ = [
+    "KEEP_ROWS", "KEEP_SECONDS", "discard", "first_after", "publish", "recent", "record_snapshot", "snapshots", "stage",
+]
 
 KEEP_SECONDS = 600.0
 KEEP_ROWS = 10_000
@@ -44,6 +46,24 @@ def publish(conn: apsw.Connection, name: str, now: float, upto: int | None = Non
             (KEEP_ROWS,),
         )
     return published
+
+
+def first_after(conn: apsw.Connection, seen: Visibility) -> int | None:
+    """The lowest commit LSN of a recorded transaction (of any shape, staged or published) that began
+    after the snapshot ``seen`` was taken (xid ≥ its ``xmax``); None if none is known yet.
+
+    Such a transaction got its xid after the snapshot, so it committed after every transaction the
+    snapshot sees: the snapshot is the state at some LSN below this one (design.md §3c). A 32-bit
+    txid is compared as ``widen_xid`` does; one exactly half the xid space away counts as before.
+    """
+    low = seen.xmax & 0xFFFFFFFF
+    for (lsn,) in conn.execute(
+        'SELECT min("lsn") FROM "_replica_txids" WHERE "lsn" IS NOT NULL AND CASE WHEN "txid" >= 4294967296 '
+        'THEN "txid" >= ? ELSE ("txid" - ? + 4294967296) % 4294967296 < 2147483648 END',
+        (seen.xmax, low),
+    ):
+        return None if lsn is None else int(lsn)
+    return None
 
 
 def discard(conn: apsw.Connection, name: str) -> None:

@@ -57,7 +57,7 @@ class Coordinator(Protocol):
     """The consistency group a shape belongs to (``replica.sync.group.Group``), as its loop sees it."""
 
     def staged(self, name: str, pending: Pending | None) -> None: ...
-    def up_to_date(self, name: str, complete: int | None) -> None: ...
+    def up_to_date(self, name: str, complete: int | None, sent: float | None = None) -> None: ...
     def refetching(self, name: str) -> None: ...
     def failed(self, name: str) -> None: ...
     def attach(self, name: str, probe: Callable[[], None]) -> None: ...
@@ -181,6 +181,7 @@ class _Follower:
 
     async def _catch_up(self) -> None:
         session, shape_log, complete = self.session, self.log, None
+        sent = time.monotonic()
         try:
             request = shape_log.probe_request() if shape_log is not None else None
             if request is not None and shape_log is not None:
@@ -192,7 +193,7 @@ class _Follower:
         finally:
             self.probing = False
         if complete is not None and self.group is not None and shape_log is self.log:
-            self.group.up_to_date(self.name, complete)  # the log did not move: nothing else to do
+            self.group.up_to_date(self.name, complete, sent)  # the log did not move: nothing else to do
         else:  # it has news (or the probe failed): the log catches up itself
             self.refresh = True
             if self.poll is not None:
@@ -288,7 +289,7 @@ class _Follower:
                     await anyio.sleep(session.backoff.delay(quick - QUICK_LIMIT))
             else:
                 quick = 0
-            self._report(shape_log)
+            self._report(shape_log, sent=None if request.live else sent_at)
             if shape_log.live and self.once:
                 if self.group is None:
                     return
@@ -326,12 +327,13 @@ class _Follower:
         if commit.up_to_date:
             self._report(shape_log)  # a stream lasts a minute: say where it is at each batch
 
-    def _report(self, shape_log: ShapeLog) -> None:
+    def _report(self, shape_log: ShapeLog, sent: float | None = None) -> None:
+        """Say where the shape is; ``sent``: when the non-live request answered last went out."""
         name = self.name
         self.host._set(name, state="live" if shape_log.live else "syncing", error=None,
                        handle=shape_log.handle, offset=shape_log.offset)
         if shape_log.live and self.group is not None:
-            self.group.up_to_date(name, shape_log.complete)  # the group publishes, and says it is synced
+            self.group.up_to_date(name, shape_log.complete, sent)  # the group publishes, and says it is synced
         elif shape_log.live:
             self.host._set(name, last_synced_at=time.time())
             self.host._reached(name)

@@ -4,7 +4,11 @@ Each member's follow loop stages everything, up-to-date included (``Store.apply(
 tells the group how far the shape is complete (its latest up-to-date's ``global_last_seen_lsn``).
 The group publishes every member's staged changes at or below ``F`` — the smallest of those points —
 in one SQLite transaction (``Store.publish_group``), once every member has one and every staged
-snapshot is complete at or below ``F``; until then readers see the old rows (or none). A member
+snapshot is known to be the state at some LSN at or below ``F``; until then readers see the old
+rows (or none). A snapshot read from Postgres can hold transactions past its up-to-date's LSN, so
+its bound is the LSN of a transaction that began after it (xid ≥ its ``xmax``), seen in any shape;
+if none comes within ``SNAPSHOT_SETTLE`` (a quiet database), the LSN of a catch-up sent after that
+time, trusting the server to have processed by then what committed before the snapshot. A member
 that is behind the others only because it is quiet (its long-poll waits for a change that will not
 come) is probed at once: its long-poll is dropped for a non-live catch-up, which Electric answers at
 once with a fresh up-to-date; a member is probed at most once per ``PROBE_WINDOW`` (later needs wait
@@ -25,7 +29,7 @@ from replica.protocol.shape import DEFAULT_GROUP, Shape
 from replica.store import Applied, Pending
 from replica.sync.follow import Host, Session
 
-__all__ = ["DEFAULT_GROUP_LIMIT", "PROBE_WINDOW", "Group", "Member", "Plan", "group_members", "plan"]
+__all__ = ["DEFAULT_GROUP_LIMIT", "PROBE_WINDOW", "SNAPSHOT_SETTLE", "Group", "Member", "Plan", "group_members", "plan"]
 
 log = logging.getLogger("replica")
 
@@ -33,6 +37,9 @@ PROBE_WINDOW = 0.025  # a member is asked for a catch-up at most once per window
 # A change costs a catch-up request per quiet member: past this many shapes the default group is not
 # formed (a group of 1,000 took a core at one change a second; design.md §3c). Named groups are the app's call.
 DEFAULT_GROUP_LIMIT = 32
+# A snapshot no later transaction vouches for (a quiet database) is bounded by a catch-up sent this
+# long after it: by then the server has processed what committed before it (design.md §3c).
+SNAPSHOT_SETTLE = 0.25
 
 
 def group_members(shapes: Sequence[Shape]) -> dict[str, list[Shape]]:
@@ -64,12 +71,41 @@ class Member:
     shape: Shape
     complete: int | None = None  # the LSN the shape is known complete up to, this run
     snapshot: bool = False  # a staged snapshot is pending …
-    snapshot_lsn: int | None = None  # … complete at this LSN (None: still arriving)
+    snapshot_lsn: int | None = None  # … its up-to-date came at this LSN (None: still arriving)
+    witness: int | None = None  # … a transaction that began after it committed at this LSN
+    settled: int | None = None  # … or (none came in time) a catch-up sent after settle_at answered this LSN
+    settle_at: float | None = None  # monotonic time from which a catch-up's answer may bound the snapshot
     staged: bool = False  # something waits to be published …
     lowest: int | None = None  # … the earliest change at this LSN
     failed: bool = False
     probe: Callable[[], None] | None = None  # drops the member's long-poll for a catch-up (set by its loop)
     probed_at: float = -1.0
+
+    def take(self, pending: Pending | None, now: float) -> float | None:
+        """Learn what the member has staged (``Store.pending``); returns the time from which a
+        catch-up may bound its snapshot, when that wait starts now."""
+        self.snapshot = pending is not None and pending.refetch
+        snapshot_lsn = pending.snapshot_lsn if pending is not None and pending.refetch else None
+        if snapshot_lsn is None or snapshot_lsn != self.snapshot_lsn:
+            self.witness = self.settled = self.settle_at = None  # another snapshot (or none)
+        self.snapshot_lsn = snapshot_lsn
+        if pending is not None and pending.witness is not None:
+            self.witness = pending.witness
+        self.staged = pending is not None
+        self.lowest = pending.lowest if pending is not None else None
+        if snapshot_lsn is not None and self.witness is None and self.settle_at is None:
+            self.settle_at = now + SNAPSHOT_SETTLE
+            return self.settle_at
+        return None
+
+    @property
+    def bound(self) -> int | None:
+        """An LSN at or above every transaction the staged snapshot holds; None while unknown. The
+        snapshot table also holds the changes that came before its up-to-date: at least that LSN."""
+        found = self.witness if self.witness is not None else self.settled
+        if self.snapshot_lsn is None or found is None:
+            return None
+        return max(self.snapshot_lsn, found)
 
 
 class Group:
@@ -90,15 +126,19 @@ class Group:
     # --- what the members' loops say ---
 
     def staged(self, name: str, pending: Pending | None) -> None:
-        member = self.members[name]
-        member.snapshot = pending is not None and pending.refetch
-        member.snapshot_lsn = pending.snapshot_lsn if pending is not None else None
-        member.staged = pending is not None
-        member.lowest = pending.lowest if pending is not None else None
+        settle_at = self.members[name].take(pending, time.monotonic())
+        if settle_at is not None:
+            self._wake_at(settle_at)
         self._nudge()
 
-    def up_to_date(self, name: str, complete: int | None) -> None:
+    def up_to_date(self, name: str, complete: int | None, sent: float | None = None) -> None:
+        """``complete``: the LSN the member is complete up to; ``sent``: when the non-live request
+        that said so went out (monotonic), if it was one (a long-poll's LSN is not the server's)."""
         member = self.members[name]
+        if (complete is not None and sent is not None and member.settle_at is not None and sent >= member.settle_at
+                and member.bound is None):
+            member.settled = complete
+            self._nudge()
         if complete is not None and (member.complete is None or complete > member.complete):
             member.complete = complete
             self._nudge()
@@ -107,6 +147,7 @@ class Group:
         """A 409 (or a new definition): the member's rows stay until its new snapshot can be published."""
         member = self.members[name]
         member.complete, member.snapshot, member.snapshot_lsn = None, True, None
+        member.witness = member.settled = member.settle_at = None
         member.staged, member.lowest = True, None
         self._nudge()
 
@@ -137,6 +178,11 @@ class Group:
     def _nudge(self) -> None:
         self._wake.set()
 
+    def _wake_at(self, due: float) -> None:
+        if self._due is None or due < self._due:
+            self._due = due
+            self._due_set.set()
+
     def _renew(self) -> None:
         published, self._published = self._published, anyio.Event()
         published.set()
@@ -165,6 +211,16 @@ class Group:
 
     async def _step(self) -> None:
         active = [m for m in self.members.values() if not m.failed]
+        for member in active:  # a transaction another member staged may vouch for a waiting snapshot
+            if member.snapshot_lsn is not None and member.witness is None:
+                pending = await self._session.call_store(self._session.store.pending, member.shape)
+                if pending is not None and pending.snapshot_lsn == member.snapshot_lsn and pending.witness is not None:
+                    member.witness = pending.witness
+        now = time.monotonic()
+        settling = [m for m in active if m.snapshot_lsn is not None and m.bound is None
+                    and m.settle_at is not None and m.settle_at <= now]
+        if settling:
+            self._probe(settling)  # none vouched for it in time: a catch-up sent now bounds it
         decided = plan(active)
         if decided.publish is not None:
             await self._publish(active, decided.publish)  # everything staged at or below it; later changes wait
@@ -206,10 +262,7 @@ class Group:
                 later.append(member.probed_at + PROBE_WINDOW)
         if later:
             self._renew()  # a run(once) member waiting in visible() learns of its probe
-            due = min(later)
-            if self._due is None or due < self._due:
-                self._due = due
-                self._due_set.set()
+            self._wake_at(min(later))
         elif behind:
             self._renew()
 
@@ -226,14 +279,14 @@ def plan(members: Sequence[Member]) -> Plan:
     """The group's decision, from what it knows of its (active) members. Pure.
 
     Publish at ``F = min(complete)`` once every member has reached up-to-date this run, every staged
-    snapshot is complete at or below ``F``, and something staged is at or below ``F``. Probe the
-    members whose complete LSN is below what the others need (a staged snapshot's LSN, or a staged
-    change's member's complete LSN).
+    snapshot's ``bound`` is known and at or below ``F``, and something staged is at or below ``F``.
+    Probe the members whose complete LSN is below what the others need (a staged snapshot's bound,
+    or a staged change's member's complete LSN).
     """
-    if not members or any(m.complete is None or (m.snapshot and m.snapshot_lsn is None) for m in members):
-        return Plan(None, ())  # a member has not reached up-to-date yet: its own loop moves on
+    if not members or any(m.complete is None or (m.snapshot and m.bound is None) for m in members):
+        return Plan(None, ())  # a member has not reached up-to-date, or a snapshot waits for its bound
     upto = min(m.complete for m in members if m.complete is not None)
-    snapshots = max((m.snapshot_lsn for m in members if m.snapshot_lsn is not None), default=upto)
+    snapshots = max((m.bound for m in members if m.snapshot and m.bound is not None), default=upto)
     publish = upto if upto >= snapshots and any(_due(m, upto) for m in members) else None
     waiting = [m for m in members if m.staged and not (publish is not None and _all_due(m, upto))]
     target = max([snapshots] + [m.complete for m in waiting if m.complete is not None])
@@ -249,5 +302,5 @@ def _all_due(member: Member, upto: int) -> bool:
 def _due(member: Member, upto: int) -> bool:
     """True if publishing at ``upto`` would show something of ``member``'s."""
     if member.snapshot:
-        return member.snapshot_lsn is not None and member.snapshot_lsn <= upto
+        return member.bound is not None and member.bound <= upto
     return member.lowest is not None and member.lowest <= upto

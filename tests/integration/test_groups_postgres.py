@@ -68,18 +68,12 @@ def daemon(config: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "replica", "run", "-c", str(config)], stderr=log)
 
 
-# Known hole, found in stop 25 (issue 16 stays open): on real Postgres, with a 409 refetch while transfers run,
-# a reader sometimes sees a total Postgres never had (about 1 in 3-6 runs of that case; kill -9 alone: 0 in 12;
-# never with the fake). The refetched snapshot may hold transactions the server's global_last_seen_lsn does not
-# cover yet, so that LSN is no upper bound of the snapshot, and the group can publish it at an F the other
-# members are not complete at. That case keeps running and reporting (XFAIL/XPASS in -ra) until the fix lands;
-# strict=False because the failure is intermittent.
-REFETCH_HOLE = pytest.mark.xfail(strict=False, reason="R11 hole on real Postgres after a 409 mid-traffic: issue 16 open")
-
-
 @pytest.mark.guarantee("R11")
 @pytest.mark.parametrize("count", [2, 3])
-@pytest.mark.parametrize("refetch", [False, pytest.param(True, marks=REFETCH_HOLE)], ids=["kill_9", "409s_and_kill_9"])
+# With 409s it once failed in about 1 of 4 runs: a refetched snapshot can hold transactions past its up-to-date's
+# LSN (the snapshot reads Postgres ahead of the server's replication stream); the group now bounds a snapshot by a
+# transaction that began after it (design.md §3c).
+@pytest.mark.parametrize("refetch", [False, True], ids=["kill_9", "409s_and_kill_9"])
 def test_transfers_between_tables_are_never_half_visible_even_across_409s_and_kill_9(
     pg_dsn: str, tmp_path: Path, count: int, refetch: bool
 ) -> None:
@@ -92,7 +86,7 @@ def test_transfers_between_tables_are_never_half_visible_even_across_409s_and_ki
     stop, done = threading.Event(), [0]
     with PostgresElectric(pg_dsn, long_poll_timeout=20.0) as source, serve_in_thread(source) as server:
         config = tmp_path / "replica.toml"
-        config.write_text(f'url = "{server.url}"\ndatabase = "app.db"\n'
+        config.write_text(f'url = "{server.url}"\ndatabase = "app.db"\nlisten = "127.0.0.1:0"\n'
                           + "".join(f'[[shapes]]\ntable = "{t}"\n' for t in tables))
         reader = subprocess.Popen([sys.executable, "-c", READER, str(db), ",".join(tables), str(stop_file),
                                    str(total)], stdout=subprocess.PIPE, text=True)

@@ -117,6 +117,8 @@ def test_a_rotation_ends_the_stream_and_the_reconnect_refetches_after_its_409(tm
             fake.rotate("items")
             fake.insert("items", {"id": "50", "title": "after the rotation"})
             wait_for(lambda: converged(fake, db) and replica.status()[0].handle not in (None, old), "the refetch")
+            # The rows are published at the snapshot's up-to-date; the state turns live just after.
+            wait_for(lambda: replica.status()[0].state == "live", "live again")
             status = replica.status()[0]
     assert status.state == "live" and status.live_mode == "sse"
 

@@ -84,7 +84,7 @@ def test_visible_transactions_are_remembered_across_a_restart(tmp_path: Path) ->
 
         async def main() -> bool:
             async with Replica(db, server.url, Shape("items")) as again:  # its server is slow to answer now
-                return await again.txid_synced(txid, timeout=2)
+                return await again.txid_synced(txid, timeout=4.5)  # the first answer takes 5 s
 
         assert anyio.run(main)  # from the store, before any response arrived
 

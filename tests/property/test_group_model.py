@@ -39,9 +39,10 @@ class Group(RuleBasedStateMachine):
         self.published: int | None = None
         self.publishes = 0
 
-    @initialize(chunk=st.integers(120, 2000), rows=st.lists(ids, max_size=8, unique=True))
-    def start(self, chunk: int, rows: list[int]) -> None:
+    @initialize(chunk=st.integers(120, 2000), rows=st.lists(ids, max_size=8, unique=True), lag=st.booleans())
+    def start(self, chunk: int, rows: list[int], lag: bool) -> None:
         self.fake = FakeElectric(chunk_bytes=chunk, long_poll_timeout=0.001)
+        self.fake.lag_snapshots = lag  # snapshots ahead of their up-to-date's LSN, as on real Postgres
         for table in TABLES:
             self.fake.create_table(table, COLUMNS, rows=[{"id": str(i), "v": "0"} for i in rows])
         self.history = {self.fake.lsn: self._source()}  # LSN → both tables as Postgres had them
@@ -91,11 +92,27 @@ class Group(RuleBasedStateMachine):
             self._step(table)
 
     def _pending(self, table: str) -> None:
-        member, pending = self.members[table], self.store.pending(self.shapes[table])
-        member.snapshot = pending is not None and pending.refetch
-        member.snapshot_lsn = pending.snapshot_lsn if pending is not None else None
-        member.staged = pending is not None
-        member.lowest = pending.lowest if pending is not None else None
+        self.members[table].take(self.store.pending(self.shapes[table]), 0.0)
+        for other in TABLES:  # what this member staged may vouch for the other's snapshot
+            member = self.members[other]
+            if member.snapshot_lsn is not None and member.witness is None:
+                pending = self.store.pending(self.shapes[other])
+                member.witness = pending.witness if pending is not None else None
+
+    @rule(table=st.sampled_from(TABLES))
+    def settle_snapshot(self, table: str) -> None:
+        """SNAPSHOT_SETTLE has passed with no transaction vouching for the snapshot: the group's
+        catch-up, sent now, bounds it (the fake has processed everything by then)."""
+        log, member = self.logs[table], self.members[table]
+        request = log.probe_request()
+        if member.snapshot_lsn is None or member.bound is not None or request is None:
+            return
+        reply = self.fake.respond("GET", "/v1/shape?" + urlencode(request.params))
+        complete = log.probe_answer(Response(reply.status, reply.headers, reply.body))
+        if complete is not None:
+            member.settled = complete
+            member.complete = max(member.complete or 0, complete)
+        self._decide()
 
     def _step(self, table: str) -> None:
         log, member = self.logs[table], self.members[table]
@@ -109,6 +126,7 @@ class Group(RuleBasedStateMachine):
             return
         if reply.status == 409:
             member.complete, member.snapshot, member.snapshot_lsn, member.staged = None, True, None, True
+            member.witness = member.settled = member.settle_at = None
         if commit is not None:
             self.store.apply(commit, defer=True)
             self._pending(table)
@@ -138,6 +156,7 @@ class Group(RuleBasedStateMachine):
         for _ in range(300):
             for table in TABLES:
                 self._step(table)
+                self.settle_snapshot(table)
             if all(log.live and not log.staged for log in self.logs.values()) and not any(
                     m.staged for m in self.members.values()):
                 break

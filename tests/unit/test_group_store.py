@@ -52,8 +52,6 @@ def test_members_stay_invisible_until_the_group_publishes_them_at_one_lsn(tmp_pa
         store.apply(commit(A, [change("update", 1, lsn=70, title="a70")], "70_0", complete=70), defer=True)
         store.apply(commit(B, [change("insert", 2, lsn=80, title="b80")], "80_0", complete=80), defer=True)
         store.apply(commit(A, [change("insert", 3, lsn=90, title="a90")], "90_0", complete=90), defer=True)
-        with pytest.raises(StoreError, match="not complete"):
-            store.publish_group("default", [A, B], 55)  # B's snapshot is complete only at 60
         applied = {a.name: a for a in store.publish_group("default", [A, B], 80)}
         assert [r[:2] for r in rows(db, "a")] == [(1, "a70")]  # 90 waits: the group is at 80
         assert [r[:2] for r in rows(db, "b")] == [(1, "b1"), (2, "b80")]
@@ -66,6 +64,38 @@ def test_members_stay_invisible_until_the_group_publishes_them_at_one_lsn(tmp_pa
         assert store.checkpoint(A) == Checkpoint("h1", "90_0", None, SCHEMA, True) and store.pending(A) is None
     with closing(sqlite3.connect(db)) as reader:
         assert reader.execute('SELECT "name", "lsn" FROM "_replica_groups"').fetchall() == [("default", 95)]
+
+
+@pytest.mark.guarantee("R11")
+def test_a_snapshot_waits_for_its_up_to_date_and_a_later_transaction_vouches_for_it(tmp_path: Path) -> None:
+    with Store(tmp_path / "w.db") as store:
+        store.apply(commit(A, [change("insert", 1, title="a1")], "0_0", up_to_date=False, refetch=True, snapshot=SEEN),
+                    defer=True)
+        with pytest.raises(StoreError, match="not reached up-to-date"):
+            store.publish_group("default", [A], 50)
+        store.apply(commit(A, [], "0_inf", complete=50), defer=True)
+        assert store.pending(A).witness is None  # type: ignore[union-attr]
+        first_sync(store, B, [], complete=50)
+        # SEEN is xmin 100, xmax 105, xip {102}: 104 is in the snapshot, 102 ran while it was taken;
+        # neither says where it stands. 106 and 105 began after it (in either commit order).
+        for lsn, txid in [(60, 104), (65, 102), (75, 106), (80, 105), (90, 107)]:
+            store.apply(commit(B, [change("insert", lsn, lsn=lsn, txid=txid)], f"{lsn}_0", up_to_date=False),
+                        defer=True)
+            witness = store.pending(A).witness  # type: ignore[union-attr]
+            assert witness == (None if lsn < 75 else 75)
+
+
+@pytest.mark.parametrize(("xmax", "txid", "after"), [
+    (2**32 + 5, 3, False), (2**32 + 5, 7, True),  # 32-bit txids widened next to an xid8 xmax
+    (2**32 - 2, 1, True), (2**32 - 2, 2**32 - 3, False),  # across the wrap of the 32-bit counter
+    (2**32 + 5, 2**32 + 5, True), (2**32 + 5, 2**32 + 4, False),  # xid8 txids compared as they are
+])
+def test_a_transaction_after_a_snapshot_is_told_by_its_txid_as_postgres_widens_it(
+    tmp_path: Path, xmax: int, txid: int, after: bool
+) -> None:
+    with Store(tmp_path / "x.db") as store:
+        store.apply(commit(B, [change("insert", 1, lsn=70, txid=txid)], "70_0", complete=70))
+        assert txlog.first_after(store.connection, Visibility(xmax - 10, xmax, frozenset())) == (70 if after else None)
 
 
 @pytest.mark.guarantee("R11")

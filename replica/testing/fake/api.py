@@ -196,7 +196,11 @@ class ShapeApi:
                 return SseHold(self._sse_head(ex, log), log, request.offset)
             if request.live and may_wait:
                 return self.long_poll_timeout
-            return self._ok(ex, log, [], chunk.offset, up_to_date=True, lsn=self.db.lsn)
+            lsn = self.db.lsn
+            if self.db.lag_snapshots and chunk.offset.tx == 0 and log.taken_at == lsn:
+                lsn = self.db.lsn_before  # the snapshot saw the last commit; the stream had not reached it
+                log.taken_at = None  # by the next answer it has
+            return self._ok(ex, log, [], chunk.offset, up_to_date=True, lsn=lsn)
 
     def _ok(
         self,

@@ -116,6 +116,10 @@ class Database:
         self.shapes: dict[ShapeDef, ShapeLog] = {}  # the current log of each definition
         self.by_handle: dict[str, ShapeLog] = {}  # every log ever created, expired ones too
         self.lsn = start_lsn  # the last commit LSN ("global last seen LSN")
+        self.lsn_before = start_lsn  # the commit LSN before it
+        #: Report a snapshot's up-to-date at ``lsn_before`` when the snapshot saw the last commit: what
+        #: Electric does when it reads a snapshot before its replication stream has processed that commit.
+        self.lag_snapshots = False
         self.txid = 750
         self._rng = random.Random(seed)
         self._last_handle_us = 0
@@ -180,6 +184,7 @@ class Database:
         self.txid += 1  # as if the app asked pg_current_xact_id(), which assigns one
         if not changes:
             return self.lsn  # Postgres logs nothing for a transaction that changed nothing
+        self.lsn_before = self.lsn
         self.lsn += self._rng.randint(64, 4096)
         append_transaction(self.shapes.values(), changes, self.txid, self.lsn)
         return self.lsn
@@ -202,6 +207,7 @@ class Database:
                     chunk_bytes=self.chunk_bytes,
                     snapshot_xid=self.txid + 1,
                 )
+                log.taken_at = self.lsn
                 self.shapes[definition] = log
                 self.by_handle[log.handle] = log
             return log

@@ -102,6 +102,18 @@ class ShapeService:
         """The LSN of the last commit (what up-to-date messages report as global_last_seen_lsn)."""
         return self._db.lsn
 
+    @property
+    def lag_snapshots(self) -> bool:
+        """When True, the first up-to-date after a snapshot that saw the last commit reports the LSN
+        before that commit: what Electric does when it reads a snapshot from Postgres before its
+        replication stream has processed the latest transaction (the snapshot is ahead of
+        ``global_last_seen_lsn``). Later answers report the last commit again."""
+        return self._db.lag_snapshots
+
+    @lag_snapshots.setter
+    def lag_snapshots(self, on: bool) -> None:
+        self._db.lag_snapshots = on
+
     # --- serving ---
 
     def respond(self, method: str, target: str, headers: Mapping[str, str] | None = None) -> FakeResponse:

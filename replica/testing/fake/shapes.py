@@ -138,6 +138,7 @@ class ShapeLog:
         self.handle = handle
         self.chunk_bytes = max(1, chunk_bytes)
         self.expired = False
+        self.taken_at: int | None = None  # the database's LSN when the snapshot was taken (FakeElectric's)
         self.columns = definition.selected(table)
         self.schema = table.electric_schema(self.columns)
         self._predicate = definition.predicate(table)
