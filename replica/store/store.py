@@ -41,10 +41,9 @@ __all__ = ["STATE_SQL", "Applied", "Pending", "Store"]
 
 @dataclass(frozen=True)
 class Pending:
-    """What a consistency group's member has staged: a snapshot (``refetch``; its up-to-date came
-    at ``snapshot_lsn``, or not yet if None) and/or ``changes`` waiting in the change log, the
-    earliest at LSN ``lowest`` (0 for one without an LSN). ``witness``: for a snapshot that reached
-    up-to-date, the lowest LSN of a transaction known to have begun after it (``txlog.first_after``)."""
+    """What a consistency group's member has staged: a snapshot (``refetch``; its up-to-date came at
+    ``snapshot_lsn``, or not yet if None; ``witness``: ``txlog.first_after`` it) and/or ``changes``
+    waiting in the change log, the earliest at LSN ``lowest`` (0 for one without an LSN)."""
 
     refetch: bool
     snapshot_lsn: int | None
@@ -167,9 +166,8 @@ class Store:
     def publish_group(self, group: str, shapes: Sequence[Shape], upto: int) -> list[Applied]:
         """Make every member's staged changes at or below the LSN ``upto`` visible, in one transaction (R11).
 
-        A member's staged snapshot must have reached up-to-date (and be the state at some LSN at or
-        below ``upto``: the group's call). Members with nothing staged are left as they are. Records
-        ``upto`` as the group's LSN.
+        A staged snapshot must have reached up-to-date (being at or below ``upto`` is the group's call).
+        Members with nothing staged are left as they are. Records ``upto`` as the group's LSN.
         """
         now = time.time()
         with self._mutex, self._translate(f"publishing group {group!r}"), self._transaction():
@@ -200,9 +198,7 @@ class Store:
             stage = positions.load_stage(conn, shape.local_name)
             if stage is None or stage.definition != shape.definition():
                 return None
-            witness = None
-            if stage.refetch and stage.snapshot_lsn is not None and stage.snapshot is not None:
-                witness = txlog.first_after(conn, stage.snapshot)
+            witness = txlog.first_after(conn, stage.snapshot) if stage.snapshot_lsn is not None else None
             return Pending(stage.refetch, stage.snapshot_lsn, changelog.count(conn, shape.local_name),
                            changelog.lowest(conn, shape.local_name), witness)
 

@@ -48,7 +48,7 @@ def publish(conn: apsw.Connection, name: str, now: float, upto: int | None = Non
     return published
 
 
-def first_after(conn: apsw.Connection, seen: Visibility) -> int | None:
+def first_after(conn: apsw.Connection, seen: Visibility | None) -> int | None:
     """The lowest commit LSN of a recorded transaction (of any shape, staged or published) that began
     after the snapshot ``seen`` was taken (xid ≥ its ``xmax``); None if none is known yet.
 
@@ -56,6 +56,8 @@ def first_after(conn: apsw.Connection, seen: Visibility) -> int | None:
     snapshot sees: the snapshot is the state at some LSN below this one (design.md §3c). A 32-bit
     txid is compared as ``widen_xid`` does; one exactly half the xid space away counts as before.
     """
+    if seen is None:  # a server without snapshot-end: nothing can vouch for the snapshot
+        return None
     low = seen.xmax & 0xFFFFFFFF
     for (lsn,) in conn.execute(
         'SELECT min("lsn") FROM "_replica_txids" WHERE "lsn" IS NOT NULL AND CASE WHEN "txid" >= 4294967296 '
