@@ -1,6 +1,8 @@
 """The in-process ceiling: the recorded bodies decoded and written with apsw, no HTTP, no staging.
 
-    ceiling.py FOLDER    prints one JSON line: {variant: rows_per_s, ..., "best": name}
+    ceiling.py FOLDER [VARIANT...] [--keep DIR]
+                         prints one JSON line: {variant: rows_per_s, ..., "best": name};
+                         --keep DIR leaves each variant's database in DIR/<variant>.db (for tests)
 
 Every variant produces the same typed table as replica (the README's type map, via
 replica.schema's converters) in a WAL database with synchronous=NORMAL, one transaction per body:
@@ -18,6 +20,7 @@ replica CLI tunes its own (replica.tuning).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -155,16 +158,23 @@ VARIANTS = {"json+rows": json_rows, "msgspec+columns": msgspec_columns, "msgspec
 
 def main() -> None:
     tune_process()  # as the replica CLI does: the ceiling gets every process-wide setting replica gets
-    folder = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("variants", nargs="*", metavar="VARIANT", help=f"some of {', '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--keep", type=Path, help="write each variant's database into this folder and keep it")
+    args = parser.parse_args()
+    if unknown := set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    folder = args.folder
     index = json.loads((folder / "index.json").read_text())
     table, rows = index["dataset"], index["rows"]
     schema = TableSchema.from_electric(index["schema"])
     bodies = [path for _headers, path in data.bodies(folder)]
     result: dict[str, Any] = {}
-    only = sys.argv[2:] or list(VARIANTS)
+    only = args.variants or list(VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
         for name in only:
-            path = os.path.join(tmp, f"{name}.db")
+            path = os.path.join(args.keep or tmp, f"{name}.db")
             conn = open_db(path, table, schema)
             started = time.perf_counter()
             VARIANTS[name](bodies, conn, upsert_sql(table, schema), schema)
