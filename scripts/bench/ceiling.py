@@ -9,6 +9,10 @@ replica.schema's converters) in a WAL database with synchronous=NORMAL, one tran
   json+rows         stdlib json, per-row conversion, executemany upsert
   msgspec+columns   msgspec decode, column-wise conversion, executemany upsert
   msgspec+thread    as above, with SQLite writes on a second thread (apsw releases the GIL)
+  msgspec+json      msgspec decode, column-wise conversion on the main thread (arrays included), the rows
+                    re-encoded as one JSON array per body that a writer thread upserts with one
+                    INSERT … SELECT over json_each (bytea as hex through unhex): no Python per value
+                    anywhere in SQLite, so the writer never waits for the GIL (issue 17's plain ingest)
   jsonb+sql         no Python per row: one INSERT … SELECT per body over jsonb_each, the type map in
                     SQL (replica.sqlconvert, the same expressions replica stages with), upsert
   jsonb+sql+ahead   as replica converts a snapshot (replica.scratch): each body cut in halves that two
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import queue
 import sys
@@ -41,6 +46,7 @@ from replica.fast import convert as scratch
 from replica.tuning import tune_process
 from replica.typemap import sql as sqlconvert
 from replica.typemap.schema import TableSchema, create_table_sql, quote_ident
+from replica.typemap.values import FLOAT_TYPES
 
 
 class Msg(msgspec.Struct, gc=False):
@@ -116,6 +122,57 @@ def msgspec_thread(bodies: list[Path], conn: apsw.Connection, sql: str, schema: 
     thread.join()
 
 
+def json_select(schema: TableSchema) -> tuple[str, list[Any]]:
+    """The SELECT reading ``msgspec_json``'s rows from JSON, and per column how to make a value JSON-safe."""
+    exprs, fixes = [], []
+    for i, column in enumerate(schema.columns):
+        x = f"r.value ->> {i}"
+        fix: Any = None
+        if column.override != "text" and not column.dims and column.type == "bytea":
+            x, fix = f"unhex({x})", bytes.hex
+        elif column.override == "real" or (column.override is None and not column.dims and column.type in FLOAT_TYPES):
+            # JSON has no infinities: they travel as strings (NaN is already the text 'NaN').
+            x = f"CASE {x} WHEN 'Infinity' THEN 9e999 WHEN '-Infinity' THEN -9e999 ELSE {x} END"
+            fix = _finite
+        exprs.append(x)
+        fixes.append(fix)
+    return f"SELECT {', '.join(exprs)} FROM json_each(?1) AS r WHERE true", fixes
+
+
+def _finite(value: float | str) -> float | str:
+    if value == math.inf:
+        return "Infinity"
+    return "-Infinity" if value == -math.inf else value
+
+
+def msgspec_json(bodies: list[Path], conn: apsw.Connection, sql: str, schema: TableSchema) -> None:
+    decoder = msgspec.json.Decoder(list[Msg])
+    select, fixes = json_select(schema)
+    insert = upsert_from(sql, select)
+    work: queue.Queue[str | None] = queue.Queue(maxsize=1)
+
+    def writer() -> None:
+        while (text := work.get()) is not None:
+            with conn:
+                conn.execute(insert, (text,))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for path in bodies:
+            rows = decode_columns(path, decoder, schema)
+            if any(fixes):
+                columns: list[Any] = list(zip(*rows, strict=True))
+                for i, fix in enumerate(fixes):
+                    if fix is not None:
+                        columns[i] = [None if v is None else fix(v) for v in columns[i]]
+                rows = list(zip(*columns, strict=True))
+            work.put(msgspec.json.encode(rows).decode())  # text: SQLite would read a BLOB as JSONB
+    finally:
+        work.put(None)
+        thread.join()
+
+
 def upsert_from(sql: str, select: str) -> str:
     """The upsert ``sql`` (INSERT … VALUES … ON CONFLICT …) taking its rows from ``select``."""
     head, tail = sql.split(" VALUES ", 1)
@@ -153,6 +210,7 @@ def jsonb_sql_ahead(bodies: list[Path], conn: apsw.Connection, sql: str, schema:
 
 
 VARIANTS = {"json+rows": json_rows, "msgspec+columns": msgspec_columns, "msgspec+thread": msgspec_thread,
+            "msgspec+json": msgspec_json,
             "jsonb+sql": jsonb_sql, "jsonb+sql+ahead": jsonb_sql_ahead}
 
 
