@@ -25,7 +25,18 @@ from functools import lru_cache
 from replica.typemap.schema import Column, SQLValue, TableSchema
 from replica.typemap.values import BOOL_TYPES, FLOAT_TYPES, INT_TYPES, JSON_TYPES
 
-__all__ = ["CONVERT_FUNCTION", "attached_name", "attached_select", "bulk_select_sql", "column_sql", "convert_by_spec"]
+__all__ = [
+    "CONVERT_FUNCTION",
+    "attached_name",
+    "attached_select",
+    "bulk_select_sql",
+    "column_sql",
+    "convert_by_spec",
+    "deferrable",
+    "misses_sql",
+    "real_column",
+    "resolve_sql",
+]
 
 CONVERT_FUNCTION = "_replica_convert"
 
@@ -59,12 +70,34 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def column_sql(column: Column, x: str) -> str:
-    """SQL converting the text expression ``x`` (NULL stays NULL) exactly as ``column.converter()``."""
+def deferrable(column: Column) -> bool:
+    """Whether ``column_sql(column, x, defer=True)`` leaves the forms it does not know as BLOB misses.
+
+    Every converter's value is an INTEGER, REAL or TEXT, so a BLOB can only be a miss, except for a
+    bytea column, whose SQL matches every valid form itself (only bad values call Python).
+    """
+    scalar_bytea = column.type == "bytea" and not column.dims
+    return column.override != "text" and not scalar_bytea and column.converter() is not str
+
+
+def real_column(column: Column) -> bool:
+    """Whether the column's values are REALs (so possibly infinite)."""
+    return column.override == "real" or (column.override is None and column.type in FLOAT_TYPES and not column.dims)
+
+
+def column_sql(column: Column, x: str, defer: bool = False) -> str:
+    """SQL converting the text expression ``x`` (NULL stays NULL) exactly as ``column.converter()``.
+
+    ``defer``: a form the SQL does not convert itself is kept as ``CAST(x AS BLOB)`` (a miss) instead
+    of calling the Python converter per value, for ``resolve_sql`` to fill in later in one batch
+    (only where ``deferrable``): a per-value call from SQL waits for the GIL each time.
+    """
     fallback = f"{CONVERT_FUNCTION}({_literal(_spec(column))}, {x})"
+    if defer and deferrable(column):
+        fallback = f"CAST({x} AS BLOB)"
     if column.override == "text":
         return x
-    if column.override == "real" or (column.type in FLOAT_TYPES and not column.dims):
+    if real_column(column):
         # JSON's number grammar is a subset of Postgres float output that CAST reads exactly as float() does.
         fast = f"{x} NOT GLOB '*[^0-9eE.+-]*' AND json_valid({x})"
         return f"CASE WHEN {x} IS NULL THEN NULL WHEN {fast} THEN CAST({x} AS REAL) ELSE {fallback} END"
@@ -102,10 +135,17 @@ def column_sql(column: Column, x: str) -> str:
         )
     if column.converter() is str:
         return x
+    if column.type == "bytea":
+        # \x and pairs of hex digits is every form bytea's converter accepts; only bad text goes to Python.
+        hexed = f"substr({x}, 3)"
+        return (
+            f"CASE WHEN {x} IS NULL THEN NULL WHEN substr({x}, 1, 2) = '\\x' AND length({hexed}) % 2 = 0 "
+            f"AND {hexed} NOT GLOB '*[^0-9a-fA-F]*' THEN unhex({hexed}) ELSE {fallback} END"
+        )
     return f"CASE WHEN {x} IS NULL THEN NULL ELSE {fallback} END"
 
 
-def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
+def bulk_select_sql(schema: TableSchema, key: str = "", defer: bool = False) -> str | None:
     """SELECT (``key`` c0, c1, …) for each change message of the body bound as ``?1``, in log order.
 
     ``key`` starts the select list: it may name ``s.k``, the message key (unescaping ~30 bytes
@@ -122,7 +162,7 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
     each = "jsonb_extract(m.value, '$.value') AS v"  # each row's values, looked up once rather than per column
     if "s.k" in key:
         extract, each = "m.k, " + extract, "m.value ->> '$.key' AS k, " + each
-    converted = ", ".join(column_sql(column, f"s.c{i}") for i, column in enumerate(schema.columns))
+    converted = ", ".join(column_sql(column, f"s.c{i}", defer) for i, column in enumerate(schema.columns))
     present = " AND ".join(f"s.c{schema.names.index(c)} IS NOT NULL" for c in schema.pk)
     # A control message has no values, so its NULL key columns leave it out.
     # LIMIT -1 keeps each subquery from being flattened, so each value is extracted once.
@@ -130,6 +170,22 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
         f"SELECT {key}{converted} FROM (SELECT {extract} FROM (SELECT {each} FROM jsonb_each(?1) AS m "
         f"LIMIT -1) AS m LIMIT -1) AS s WHERE {present}"
     )
+
+
+def misses_sql(column: int) -> str:
+    """One JSON text listing the misses of column ``column`` in table ``rows``: [[rowid, text], …]
+    (one statement, so reading them takes the GIL once)."""
+    pairs = f"json_group_array(json_array(rowid, CAST(c{column} AS TEXT)))"
+    return f"SELECT {pairs} FROM rows WHERE typeof(c{column}) = 'blob'"
+
+
+def resolve_sql(column: int, real: bool) -> str:
+    """UPDATE filling column ``column`` of table ``rows`` from ``?1``, a JSON text [[rowid, value], …]
+    of converted misses. ``real``: the column's values may be infinite, sent as "Infinity"/"-Infinity"."""
+    value = "r.value ->> 1"
+    if real:
+        value = f"CASE {value} WHEN 'Infinity' THEN 9e999 WHEN '-Infinity' THEN -9e999 ELSE {value} END"
+    return f"UPDATE rows SET c{column} = {value} FROM json_each(?1) AS r WHERE rows.rowid = r.value ->> 0"
 
 
 def attached_name(part: int) -> str:
