@@ -102,9 +102,21 @@ def column_sql(column: Column, x: str, defer: bool = False) -> str:
         fast = f"{x} NOT GLOB '*[^0-9eE.+-]*' AND json_valid({x})"
         return f"CASE WHEN {x} IS NULL THEN NULL WHEN {fast} THEN CAST({x} AS REAL) ELSE {fallback} END"
     if column.dims:
-        if column.type in _NOT_TEXT_ELEMENTS:
-            return f"CASE WHEN {x} IS NULL THEN NULL ELSE {fallback} END"
         inner = f"substr({x}, 2, length({x}) - 2)"
+        if column.type in INT_TYPES:
+            # A flat array of canonical integers is its JSON already, once NULL is null: JSON's grammar
+            # refuses leading zeros, signs other than "-" and empty elements; at most 18 digits is in range.
+            listed = f"'[' || replace({inner}, 'NULL', 'null') || ']'"
+            ints = (
+                f"{x} GLOB '{{?*}}' AND {inner} NOT GLOB '*[^0-9,NUL-]*' AND {inner} NOT GLOB '*{_D * 19}*' "
+                f"AND ',' || {inner} || ',' NOT GLOB '*,-0,*' AND json_valid({listed})"
+            )
+            return (
+                f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = '{{}}' THEN '[]' WHEN {ints} THEN {listed} "
+                f"ELSE {fallback} END"
+            )
+        if column.type in _NOT_TEXT_ELEMENTS:
+            return f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = '{{}}' THEN '[]' ELSE {fallback} END"
         flat = (
             f"{x} GLOB '{{?*}}' AND {inner} NOT GLOB '{_ARRAY_UNSAFE}' AND {inner} NOT GLOB ',*' "
             f"AND {inner} NOT GLOB '*,' AND {inner} NOT GLOB '*,,*' AND instr(upper({x}), 'NULL') = 0"
