@@ -80,6 +80,31 @@ def deferrable(column: Column) -> bool:
     return column.override != "text" and not scalar_bytea and column.converter() is not str
 
 
+# A timestamptz another zone printed: years from 1000 (shifting cannot leave 4 digits; past 9999 SQLite's
+# datetime() is NULL and Python decides), a space, +HH or +HH:MM.
+_ZONED = f"[1-9]{_D * 3}-{_D * 2}-{_D * 2} {_D * 2}:{_D * 2}:{_D * 2}"
+
+
+def _offset_match(x: str) -> str:
+    body = f"substr({x}, 1, length({x}) - CASE WHEN {x} GLOB '*:{_D * 2}' THEN 6 ELSE 3 END)"
+    return (
+        f"({x} GLOB '{_ZONED}*[+-]{_D * 2}' OR {x} GLOB '{_ZONED}*[+-]{_D * 2}:{_D * 2}') "
+        f"AND (length({body}) = 19 OR (length({body}) BETWEEN 21 AND 26 AND substr({body}, 20, 1) = '.' "
+        f"AND substr({body}, 21) NOT GLOB '*[^0-9]*')) "
+        # SQLite's date functions roll Feb 30 or 24:00 over where Python refuses them: only real dates.
+        f"AND date(substr({x}, 1, 10)) = substr({x}, 1, 10) AND time(substr({x}, 12, 8)) = substr({x}, 12, 8)"
+    )
+
+
+def _shifted(x: str) -> str:
+    """UTC text of ``x`` (matched by ``_offset_match``): SQLite shifts the whole seconds, the fraction
+    is kept as sent. NULL where SQLite refuses the offset (hours over 14, minutes over 59): Python decides."""
+    colon = f"{x} GLOB '*:{_D * 2}'"
+    offset = f"CASE WHEN {colon} THEN substr({x}, -6) ELSE substr({x}, -3) || ':00' END"
+    fraction = f"substr({x}, 20, length({x}) - 19 - CASE WHEN {colon} THEN 6 ELSE 3 END)"
+    return f"datetime(substr({x}, 1, 19) || {offset}) || {fraction} || '+00:00'"
+
+
 def real_column(column: Column) -> bool:
     """Whether the column's values are REALs (so possibly infinite)."""
     return column.override == "real" or (column.override is None and column.type in FLOAT_TYPES and not column.dims)
@@ -143,6 +168,7 @@ def column_sql(column: Column, x: str, defer: bool = False) -> str:
             f"WHEN length({x}) = 22 AND {x} GLOB '{_UTC_SECONDS}+00' THEN substr({x}, 1, 19) || '+00:00' "
             f"WHEN length({x}) BETWEEN 24 AND 29 AND {x} GLOB '{_UTC_SECONDS}.?*+00' "
             f"AND {fraction} NOT GLOB '*[^0-9]*' THEN substr({x}, 1, length({x}) - 3) || '+00:00' "
+            f"WHEN {_offset_match(x)} THEN coalesce({_shifted(x)}, {fallback}) "
             f"ELSE {fallback} END"
         )
     if column.converter() is str:
