@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -91,7 +93,7 @@ class Converted:
 def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted | None:
     """Run the bulk SELECT of ``schema`` over ``body[start:end]`` into a new in-memory database;
     None if SQLite cannot (the writer's own route then decides, and reports a bad value by name)."""
-    select = sql.bulk_select_sql(schema)
+    select = sql.bulk_select_sql(schema, defer=True)
     if select is None or nul_escape(body, start, end):
         return None
     # memdb databases named with a leading "/" are shared within this process, so the writer can ATTACH one.
@@ -107,6 +109,7 @@ def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted
         # heap. Not cached: a cached statement would keep its binding alive.
         for a, b in framing.pieces(body, start, end, PIECE):
             conn.execute(f"INSERT INTO rows {select}", (framing.run_text(body, a, b),), can_cache=False)
+        resolve(conn, schema)
         conn.execute("PRAGMA shrink_memory")  # the page cache: the rows are in the memdb itself
     except (apsw.Error, ValueError, TypeError, RecursionError, OverflowError, MemoryError):
         # Invalid JSON, a value the type map refuses, out of memory: nothing was written anywhere,
@@ -115,6 +118,33 @@ def convert(body: bytes, start: int, end: int, schema: TableSchema) -> Converted
             conn.close()
         return None
     return Converted(conn, uri)
+
+
+def resolve(conn: apsw.Connection, schema: TableSchema) -> None:
+    """Fill in the misses the SQL left (``sql.column_sql(…, defer=True)``): each column's in one batch.
+
+    Calling the Python converter from SQL once per value made each value wait for the GIL, which
+    the main thread holds while it parses the next body (issue 17: the workers mostly waited).
+    Here the misses are read as one JSON text, converted by the same converters, and written back
+    with one UPDATE: the GIL is taken once per column and part.
+    """
+    for i, column in enumerate(schema.columns):
+        if not sql.deferrable(column):
+            continue
+        row = conn.execute(sql.misses_sql(i)).fetchone()
+        if row is None or row[0] == "[]":
+            continue
+        convert = column.converter()
+        values = [[rowid, _json_safe(convert(text))] for rowid, text in json.loads(row[0])]
+        filled = json.dumps(values, ensure_ascii=False, allow_nan=False)
+        conn.execute(sql.resolve_sql(i, sql.real_column(column)), (filled,))
+
+
+def _json_safe(value: object) -> object:
+    """JSON has no infinities: they travel as text, which ``sql.resolve_sql`` turns back into REALs."""
+    if value == math.inf:
+        return "Infinity"
+    return "-Infinity" if value == -math.inf else value
 
 
 class Conversion:

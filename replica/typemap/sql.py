@@ -25,7 +25,18 @@ from functools import lru_cache
 from replica.typemap.schema import Column, SQLValue, TableSchema
 from replica.typemap.values import BOOL_TYPES, FLOAT_TYPES, INT_TYPES, JSON_TYPES
 
-__all__ = ["CONVERT_FUNCTION", "attached_name", "attached_select", "bulk_select_sql", "column_sql", "convert_by_spec"]
+__all__ = [
+    "CONVERT_FUNCTION",
+    "attached_name",
+    "attached_select",
+    "bulk_select_sql",
+    "column_sql",
+    "convert_by_spec",
+    "deferrable",
+    "misses_sql",
+    "real_column",
+    "resolve_sql",
+]
 
 CONVERT_FUNCTION = "_replica_convert"
 
@@ -59,19 +70,78 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def column_sql(column: Column, x: str) -> str:
-    """SQL converting the text expression ``x`` (NULL stays NULL) exactly as ``column.converter()``."""
+def deferrable(column: Column) -> bool:
+    """Whether ``column_sql(column, x, defer=True)`` leaves the forms it does not know as BLOB misses.
+
+    Every converter's value is an INTEGER, REAL or TEXT, so a BLOB can only be a miss, except for a
+    bytea column, whose SQL matches every valid form itself (only bad values call Python).
+    """
+    scalar_bytea = column.type == "bytea" and not column.dims
+    return column.override != "text" and not scalar_bytea and column.converter() is not str
+
+
+# A timestamptz another zone printed: years from 1000 (shifting cannot leave 4 digits; past 9999 SQLite's
+# datetime() is NULL and Python decides), a space, +HH or +HH:MM.
+_ZONED = f"[1-9]{_D * 3}-{_D * 2}-{_D * 2} {_D * 2}:{_D * 2}:{_D * 2}"
+
+
+def _offset_match(x: str) -> str:
+    body = f"substr({x}, 1, length({x}) - CASE WHEN {x} GLOB '*:{_D * 2}' THEN 6 ELSE 3 END)"
+    return (
+        f"({x} GLOB '{_ZONED}*[+-]{_D * 2}' OR {x} GLOB '{_ZONED}*[+-]{_D * 2}:{_D * 2}') "
+        f"AND (length({body}) = 19 OR (length({body}) BETWEEN 21 AND 26 AND substr({body}, 20, 1) = '.' "
+        f"AND substr({body}, 21) NOT GLOB '*[^0-9]*')) "
+        # SQLite's date functions roll Feb 30 or 24:00 over where Python refuses them: only real dates.
+        f"AND date(substr({x}, 1, 10)) = substr({x}, 1, 10) AND time(substr({x}, 12, 8)) = substr({x}, 12, 8)"
+    )
+
+
+def _shifted(x: str) -> str:
+    """UTC text of ``x`` (matched by ``_offset_match``): SQLite shifts the whole seconds, the fraction
+    is kept as sent. NULL where SQLite refuses the offset (hours over 14, minutes over 59): Python decides."""
+    colon = f"{x} GLOB '*:{_D * 2}'"
+    offset = f"CASE WHEN {colon} THEN substr({x}, -6) ELSE substr({x}, -3) || ':00' END"
+    fraction = f"substr({x}, 20, length({x}) - 19 - CASE WHEN {colon} THEN 6 ELSE 3 END)"
+    return f"datetime(substr({x}, 1, 19) || {offset}) || {fraction} || '+00:00'"
+
+
+def real_column(column: Column) -> bool:
+    """Whether the column's values are REALs (so possibly infinite)."""
+    return column.override == "real" or (column.override is None and column.type in FLOAT_TYPES and not column.dims)
+
+
+def column_sql(column: Column, x: str, defer: bool = False) -> str:
+    """SQL converting the text expression ``x`` (NULL stays NULL) exactly as ``column.converter()``.
+
+    ``defer``: a form the SQL does not convert itself is kept as ``CAST(x AS BLOB)`` (a miss) instead
+    of calling the Python converter per value, for ``resolve_sql`` to fill in later in one batch
+    (only where ``deferrable``): a per-value call from SQL waits for the GIL each time.
+    """
     fallback = f"{CONVERT_FUNCTION}({_literal(_spec(column))}, {x})"
+    if defer and deferrable(column):
+        fallback = f"CAST({x} AS BLOB)"
     if column.override == "text":
         return x
-    if column.override == "real" or (column.type in FLOAT_TYPES and not column.dims):
+    if real_column(column):
         # JSON's number grammar is a subset of Postgres float output that CAST reads exactly as float() does.
         fast = f"{x} NOT GLOB '*[^0-9eE.+-]*' AND json_valid({x})"
         return f"CASE WHEN {x} IS NULL THEN NULL WHEN {fast} THEN CAST({x} AS REAL) ELSE {fallback} END"
     if column.dims:
-        if column.type in _NOT_TEXT_ELEMENTS:
-            return f"CASE WHEN {x} IS NULL THEN NULL ELSE {fallback} END"
         inner = f"substr({x}, 2, length({x}) - 2)"
+        if column.type in INT_TYPES:
+            # A flat array of canonical integers is its JSON already, once NULL is null: JSON's grammar
+            # refuses leading zeros, signs other than "-" and empty elements; at most 18 digits is in range.
+            listed = f"'[' || replace({inner}, 'NULL', 'null') || ']'"
+            ints = (
+                f"{x} GLOB '{{?*}}' AND {inner} NOT GLOB '*[^0-9,NUL-]*' AND {inner} NOT GLOB '*{_D * 19}*' "
+                f"AND ',' || {inner} || ',' NOT GLOB '*,-0,*' AND json_valid({listed})"
+            )
+            return (
+                f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = '{{}}' THEN '[]' WHEN {ints} THEN {listed} "
+                f"ELSE {fallback} END"
+            )
+        if column.type in _NOT_TEXT_ELEMENTS:
+            return f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} = '{{}}' THEN '[]' ELSE {fallback} END"
         flat = (
             f"{x} GLOB '{{?*}}' AND {inner} NOT GLOB '{_ARRAY_UNSAFE}' AND {inner} NOT GLOB ',*' "
             f"AND {inner} NOT GLOB '*,' AND {inner} NOT GLOB '*,,*' AND instr(upper({x}), 'NULL') = 0"
@@ -98,14 +168,22 @@ def column_sql(column: Column, x: str) -> str:
             f"WHEN length({x}) = 22 AND {x} GLOB '{_UTC_SECONDS}+00' THEN substr({x}, 1, 19) || '+00:00' "
             f"WHEN length({x}) BETWEEN 24 AND 29 AND {x} GLOB '{_UTC_SECONDS}.?*+00' "
             f"AND {fraction} NOT GLOB '*[^0-9]*' THEN substr({x}, 1, length({x}) - 3) || '+00:00' "
+            f"WHEN {_offset_match(x)} THEN coalesce({_shifted(x)}, {fallback}) "
             f"ELSE {fallback} END"
         )
     if column.converter() is str:
         return x
+    if column.type == "bytea":
+        # \x and pairs of hex digits is every form bytea's converter accepts; only bad text goes to Python.
+        hexed = f"substr({x}, 3)"
+        return (
+            f"CASE WHEN {x} IS NULL THEN NULL WHEN substr({x}, 1, 2) = '\\x' AND length({hexed}) % 2 = 0 "
+            f"AND {hexed} NOT GLOB '*[^0-9a-fA-F]*' THEN unhex({hexed}) ELSE {fallback} END"
+        )
     return f"CASE WHEN {x} IS NULL THEN NULL ELSE {fallback} END"
 
 
-def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
+def bulk_select_sql(schema: TableSchema, key: str = "", defer: bool = False) -> str | None:
     """SELECT (``key`` c0, c1, …) for each change message of the body bound as ``?1``, in log order.
 
     ``key`` starts the select list: it may name ``s.k``, the message key (unescaping ~30 bytes
@@ -122,7 +200,7 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
     each = "jsonb_extract(m.value, '$.value') AS v"  # each row's values, looked up once rather than per column
     if "s.k" in key:
         extract, each = "m.k, " + extract, "m.value ->> '$.key' AS k, " + each
-    converted = ", ".join(column_sql(column, f"s.c{i}") for i, column in enumerate(schema.columns))
+    converted = ", ".join(column_sql(column, f"s.c{i}", defer) for i, column in enumerate(schema.columns))
     present = " AND ".join(f"s.c{schema.names.index(c)} IS NOT NULL" for c in schema.pk)
     # A control message has no values, so its NULL key columns leave it out.
     # LIMIT -1 keeps each subquery from being flattened, so each value is extracted once.
@@ -130,6 +208,22 @@ def bulk_select_sql(schema: TableSchema, key: str = "") -> str | None:
         f"SELECT {key}{converted} FROM (SELECT {extract} FROM (SELECT {each} FROM jsonb_each(?1) AS m "
         f"LIMIT -1) AS m LIMIT -1) AS s WHERE {present}"
     )
+
+
+def misses_sql(column: int) -> str:
+    """One JSON text listing the misses of column ``column`` in table ``rows``: [[rowid, text], …]
+    (one statement, so reading them takes the GIL once)."""
+    pairs = f"json_group_array(json_array(rowid, CAST(c{column} AS TEXT)))"
+    return f"SELECT {pairs} FROM rows WHERE typeof(c{column}) = 'blob'"
+
+
+def resolve_sql(column: int, real: bool) -> str:
+    """UPDATE filling column ``column`` of table ``rows`` from ``?1``, a JSON text [[rowid, value], …]
+    of converted misses. ``real``: the column's values may be infinite, sent as "Infinity"/"-Infinity"."""
+    value = "r.value ->> 1"
+    if real:
+        value = f"CASE {value} WHEN 'Infinity' THEN 9e999 WHEN '-Infinity' THEN -9e999 ELSE {value} END"
+    return f"UPDATE rows SET c{column} = {value} FROM json_each(?1) AS r WHERE rows.rowid = r.value ->> 0"
 
 
 def attached_name(part: int) -> str:
