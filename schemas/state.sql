@@ -45,14 +45,16 @@ CREATE TABLE IF NOT EXISTS "_replica_stages" (
 );
 
 -- The staged changes of a burst in log order (seq), raw as received, with their transaction's
--- commit LSN (NULL: not from the replication stream); applied at publish (R2, R10).
+-- commit LSN (NULL: not from the replication stream); applied at publish (R2, R10). headers: a
+-- subquery shape's tags (JSON), or a move event's patterns (operation move-in/move-out).
 CREATE TABLE IF NOT EXISTS "_replica_staging" (
     "seq" INTEGER PRIMARY KEY,
     "name" TEXT NOT NULL COLLATE NOCASE,
     "operation" TEXT NOT NULL,
     "key" TEXT NOT NULL,
     "value" TEXT NOT NULL,
-    "lsn" INTEGER
+    "lsn" INTEGER,
+    "headers" TEXT
 );
 CREATE INDEX IF NOT EXISTS "_replica_staging_name" ON "_replica_staging" ("name", "seq");
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from replica.errors import ProtocolError
 from replica.protocol import wire
-from replica.protocol.messages import Change
+from replica.protocol.messages import Change, Move
 from replica.redaction import Redactor
 
 __all__ = [
@@ -31,16 +31,18 @@ __all__ = [
 _SCRUB = Redactor()  # an error page may echo the request: secret-shaped text goes
 
 
-def check_keys(changes: Sequence[Change], schema: Mapping[str, Any] | None, relation: tuple[str, str]) -> None:
+def check_keys(changes: Sequence[Change | Move], schema: Mapping[str, Any] | None, relation: tuple[str, str]) -> None:
     """ProtocolError unless each change's key is the one Electric builds from its primary key.
 
     The store finds rows by their primary-key values, so a key naming another row (or table)
     means the server and replica disagree about which row a message changes. Only checked for
-    keyed tables; a change without its primary key is left for the store to refuse.
+    keyed tables; a change without its primary key is left for the store to refuse. Move events
+    (subquery shapes) name no row and are passed over.
     """
     pk = pk_columns(schema)
     if pk:
-        _check_pairs(((c.key, [c.value.get(column) for column in pk]) for c in changes), relation)
+        _check_pairs(((c.key, [c.value.get(column) for column in pk]) for c in changes if isinstance(c, Change)),
+                     relation)
 
 
 def check_row_keys(

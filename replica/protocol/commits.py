@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from replica.protocol import wire
-from replica.protocol.messages import Change
+from replica.protocol.messages import Change, Move
 from replica.protocol.shape import Shape
 from replica.protocol.snapshot import InsertBody
 from replica.protocol.txids import Visibility
@@ -16,8 +16,9 @@ from replica.typemap.schema import TableSchema
 
 __all__ = ["Ahead", "Changes", "Checkpoint", "Commit", "Request", "Response"]
 
-#: What a commit carries: change messages in log order, or a snapshot chunk kept as its body.
-Changes = tuple[Change, ...] | InsertBody
+#: What a commit carries: change messages (and a subquery shape's move events) in log order, or a
+#: snapshot chunk kept as its body.
+Changes = tuple[Change | Move, ...] | InsertBody
 #: Called with a body that should be a snapshot chunk, and the table it would fill, before the
 #: body is validated: the caller may start converting it meanwhile (``replica.fast``).
 Ahead = Callable[[bytes, TableSchema], None]

@@ -1,6 +1,6 @@
 """Response bodies: a JSON array of change, control and event messages (protocol doc §3).
 
-``parse_body`` turns a body into ``Change`` and ``Control`` values, or raises ``ProtocolError``
+``parse_body`` turns a body into ``Change``, ``Control`` and ``Move`` values, or raises ``ProtocolError``
 naming what is wrong. Well-formed bodies are decoded by msgspec against typed messages; anything
 unusual is parsed again by the careful stdlib path, so every error reads the same whichever path
 found it. Pure: no I/O.
@@ -22,7 +22,10 @@ import msgspec
 from replica.errors import ProtocolError
 from replica.protocol.wire import OPERATIONS
 
-__all__ = ["Change", "Control", "Message", "header_list", "parse_body"]
+__all__ = ["MOVE_EVENTS", "Change", "Control", "Message", "Move", "header_list", "parse_body"]
+
+#: The event messages of a subquery shape (protocol doc §3.3); other events are ignored.
+MOVE_EVENTS = ("move-in", "move-out")
 
 
 class Change(NamedTuple):
@@ -41,7 +44,19 @@ class Control(NamedTuple):
     headers: Mapping[str, Any]
 
 
-Message = Change | Control
+class Move(NamedTuple):
+    """A subquery shape's ``move-in`` or ``move-out`` event: ``patterns`` are (position, tag value) pairs.
+
+    A move-out means rows whose tags hold a pattern's value at its position lose that condition; a
+    move-in makes it true again for them (its rows then arrive as ``is_move_in`` inserts).
+    """
+
+    event: str
+    patterns: tuple[tuple[int, str], ...]
+    headers: Mapping[str, Any]
+
+
+Message = Change | Control | Move
 
 
 def header_list(headers: Mapping[str, Any], name: str) -> list[Any] | None:
@@ -99,8 +114,9 @@ _DECODER = msgspec.json.Decoder(list[_Message])
 def parse_body(body: bytes | str) -> list[Message]:
     """Parse a shape-log body (a JSON array of messages) into Change and Control values.
 
-    Event messages (subquery move-in/out) are dropped; unknown control messages are returned
-    for the caller to ignore. Raises ProtocolError naming what is wrong; nothing is half-returned.
+    Move events (subquery move-in/out) become ``Move`` values, other events are dropped; unknown
+    control messages are returned for the caller to ignore. Raises ProtocolError naming what is
+    wrong; nothing is half-returned.
     """
     try:
         decoded = _DECODER.decode(body)
@@ -121,8 +137,11 @@ def parse_body(body: bytes | str) -> list[Message]:
             if message.value is not msgspec.UNSET:
                 return _parse_careful(body)
             append(Control(headers["control"], headers))
-        elif "event" not in headers:  # events (subquery moves) are not supported yet: ignored
+        elif "event" not in headers or message.value is not msgspec.UNSET:
             return _parse_careful(body)
+        elif headers["event"] in MOVE_EVENTS:
+            append(_move(len(messages), headers["event"], headers))
+        # other events: ignored, as the protocol asks
     return messages
 
 
@@ -148,7 +167,8 @@ def _parse_careful(body: bytes | str) -> list[Message]:
                 raise ProtocolError(f"message {index}: control must be a string")
             messages.append(Control(control, headers))
         elif "event" in headers:
-            continue
+            if headers["event"] in MOVE_EVENTS:
+                messages.append(_move(index, headers["event"], headers))
         else:
             raise ProtocolError(f"message {index} is neither a change (no key) nor a control message")
     return messages
@@ -171,3 +191,17 @@ def _parse_change(index: int, item: dict[str, Any], headers: dict[str, Any]) -> 
                 "Electric sends every value as a string or null"
             )
     return Change(operation, key, value, headers)
+
+
+def _move(index: int, event: str, headers: Mapping[str, Any]) -> Move:
+    patterns = header_list(headers, "patterns") or []
+    pairs = []
+    for pattern in patterns:
+        if not isinstance(pattern, dict):
+            raise ProtocolError(f"message {index}: a {event} pattern must be an object, got {pattern!r}")
+        pos, value = pattern.get("pos"), pattern.get("value")
+        if type(pos) is not int or pos < 0 or not isinstance(value, str):
+            raise ProtocolError(f"message {index}: a {event} pattern needs an integer pos and a string value, "
+                                f"got {pattern!r}")
+        pairs.append((pos, value))
+    return Move(event, tuple(pairs), headers)

@@ -83,8 +83,6 @@ class Shape:
             raise ConfigError(f"params: must be numbered 1..n without gaps, got {numbers}")
         if self.params and not self.where:
             raise ConfigError("params: given without a where clause that uses them")
-        if self.where is not None and _has_subquery(self.where):
-            raise ConfigError("where: subqueries (SELECT …) are not supported by replica yet")
         if self.columns is not None and not self.columns:
             raise ConfigError("columns: must list at least one column (and every primary-key column)")
         for column, kind in self.types:
@@ -100,6 +98,11 @@ class Shape:
     @property
     def local_name(self) -> str:
         return self.name if self.name is not None else wire.parse_table(self.table)[1]
+
+    @property
+    def subquery(self) -> bool:
+        """True if ``where`` has a subquery (``IN (SELECT …)``): its rows carry tags and move in and out."""
+        return self.where is not None and _has_subquery(self.where)
 
     @property
     def overrides(self) -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 from replica.errors import ProtocolError, ServerBusy, ShapeError
 from replica.protocol import answers, endpoint, wire
 from replica.protocol.commits import Ahead, Changes, Checkpoint, Commit, Request, Response
-from replica.protocol.messages import Change, Control, parse_body
+from replica.protocol.messages import Change, Control, Move, parse_body
 from replica.protocol.shape import Shape
 from replica.protocol.snapshot import parse_whole_inserts
 from replica.protocol.txids import Visibility, parse_lsn
@@ -246,7 +246,7 @@ class ShapeLog:
                     if index != len(messages) - 1:
                         raise ProtocolError("up-to-date must be the last message of a response")
                     up_to_date = True
-            changes = tuple(m for m in messages if isinstance(m, Change))
+            changes = tuple(m for m in messages if isinstance(m, (Change, Move)))
             controls = [m.headers for m in messages if isinstance(m, Control)]
             if changes:
                 answers.check_keys(changes, position.schema, self._relation())
@@ -280,7 +280,7 @@ class ShapeLog:
         return position.offset
 
     def take_batch(
-        self, changes: tuple[Change, ...], offset: wire.Offset, *, up_to_date: bool, complete: int | None = None
+        self, changes: tuple[Change | Move, ...], offset: wire.Offset, *, up_to_date: bool, complete: int | None = None
     ) -> Commit | None:
         """A batch of a live event stream, read by ``replica.protocol.stream`` which found where it
         ends (``offset``, never behind the offset now) and, at its up-to-date, the LSN the shape is

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from replica.errors import ProtocolError
 from replica.protocol import wire
 from replica.protocol.commits import Commit, Response
-from replica.protocol.messages import Change, Control, Message, parse_body
+from replica.protocol.messages import Change, Control, Message, Move, parse_body
 from replica.protocol.shapelog import ShapeLog
 from replica.protocol.sse import Comment, EventStreamParser
 
@@ -93,7 +93,7 @@ class LiveStream:
         events, self._events, self._size = self._events, [], 0
         messages = parse_body(_array(events))
         offset = batch_end(messages, self._start if self.batches == 0 else None)
-        changes = tuple(m for m in messages if isinstance(m, Change))
+        changes = tuple(m for m in messages if isinstance(m, (Change, Move)))  # moves: subquery shapes
         complete = _global_lsn(messages[-1]) if up_to_date else None
         return self._log.take_batch(changes, offset, up_to_date=up_to_date, complete=complete)
 
@@ -153,6 +153,6 @@ def _array(events: list[bytes]) -> bytes:
     return b"[" + b",".join(events) + b"]"
 
 
-def _changes(events: list[bytes], end: str) -> tuple[tuple[Change, ...], wire.Offset]:
+def _changes(events: list[bytes], end: str) -> tuple[tuple[Change | Move, ...], wire.Offset]:
     messages = parse_body(_array(events))
-    return tuple(m for m in messages if isinstance(m, Change)), wire.Offset.parse(end)
+    return tuple(m for m in messages if isinstance(m, (Change, Move))), wire.Offset.parse(end)

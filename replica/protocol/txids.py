@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replica.errors import ProtocolError
-from replica.protocol.messages import Change, header_list
+from replica.protocol.messages import Change, Move, header_list
 
 __all__ = ["MAX_LSN", "Visibility", "change_lsn", "change_txids", "parse_lsn", "parse_txid", "widen_xid"]
 
@@ -38,13 +38,13 @@ def parse_txid(text: str) -> int:
     return int(text)
 
 
-def change_lsn(change: Change) -> int | None:
+def change_lsn(change: Change | Move) -> int | None:
     """The commit LSN of a change from the replication stream; None for snapshot and move-in rows."""
     value = change.headers.get("lsn")
     return None if value is None else parse_lsn(value)
 
 
-def change_txids(change: Change) -> list[int]:
+def change_txids(change: Change | Move) -> list[int]:
     """The transaction ids a change carries (``txids``; the older singular ``txid`` too)."""
     txids = header_list(change.headers, "txids")
     if txids is None:

@@ -3,9 +3,11 @@
 A burst (changes on top of the published rows that span several responses), and every change of a
 consistency group's member until the group publishes it, is staged here with its transaction's
 commit LSN and txids, and applied to the table at publish — all of it, or (a group) what is at or
-below the group's LSN. Values are checked with the type map on arrival, so a bad one is reported
-with its response; they are converted again at publish with the schema of that moment. Nothing is
-held in Python memory between calls, and ``read`` streams rows back in bounded batches (R10).
+below the group's LSN. A subquery shape's changes keep their tags, and its move events wait in
+their place in the log too (``headers``: JSON, NULL for a plain shape's change). Values are
+checked with the type map on arrival, so a bad one is reported with its response; they are
+converted again at publish with the schema of that moment. Nothing is held in Python memory
+between calls, and ``read`` streams rows back in bounded batches (R10).
 Used only inside the store's transactions and its apsw-error boundary.
 """
 
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import apsw
 
-from replica.protocol.messages import Change
+from replica.protocol.messages import MOVE_EVENTS, Change, Move, header_list
 from replica.protocol.txids import change_lsn
 from replica.typemap.schema import TableSchema
 
@@ -25,19 +27,36 @@ __all__ = ["append", "clear", "count", "lowest", "read"]
 _READ_BATCH = 1000
 
 
-def append(conn: apsw.Connection, name: str, changes: Iterable[Change], table: TableSchema) -> int:
+_TAG_HEADERS = ("tags", "removed_tags", "active_conditions", "is_move_in")
+
+
+def append(conn: apsw.Connection, name: str, changes: Iterable[Change | Move], table: TableSchema) -> int:
     """Stage ``changes`` after those already staged (ProtocolError names a bad value); how many were added."""
-    rows = []
+    rows: list[tuple[str, str, str, str, int | None, str | None]] = []
     for change in changes:
+        if isinstance(change, Move):
+            patterns = [{"pos": pos, "value": value} for pos, value in change.patterns]
+            rows.append((name, change.event, "", "{}", None, _dump({"patterns": patterns})))
+            continue
         table.convert_row(change.value)
-        rows.append((name, change.operation, change.key,
-                     json.dumps(change.value, ensure_ascii=False, separators=(",", ":")), change_lsn(change)))
+        headers = change.headers
+        tagged = None
+        if "tags" in headers or "removed_tags" in headers or "active_conditions" in headers:  # a subquery shape
+            tagged = {h: headers[h] if h == "is_move_in" else header_list(headers, h) for h in _TAG_HEADERS
+                      if h in headers}
+        rows.append((name, change.operation, change.key, _dump(change.value), change_lsn(change),
+                     _dump(tagged) if tagged else None))
     if rows:
         # seq is the rowid: each new row gets max(seq) + 1, so log order is insertion order.
         conn.executemany(
-            'INSERT INTO "_replica_staging" ("name", "operation", "key", "value", "lsn") VALUES (?, ?, ?, ?, ?)', rows
+            'INSERT INTO "_replica_staging" ("name", "operation", "key", "value", "lsn", "headers") '
+            "VALUES (?, ?, ?, ?, ?, ?)", rows
         )
     return len(rows)
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _upto(upto: int | None) -> tuple[str, tuple[int, ...]]:
@@ -45,22 +64,25 @@ def _upto(upto: int | None) -> tuple[str, tuple[int, ...]]:
     return ('AND ("lsn" IS NULL OR "lsn" <= ?)', (upto,)) if upto is not None else ("", ())
 
 
-def read(
-    conn: apsw.Connection, name: str, upto: int | None = None
-) -> Iterator[tuple[str, str, dict[str, str | None]]]:
-    """Staged (operation, key, value) in log order (``upto``: only those at or below that LSN), in batches."""
+def read(conn: apsw.Connection, name: str, upto: int | None = None) -> Iterator[Change | Move]:
+    """Staged changes and moves in log order (``upto``: only those at or below that LSN), in batches."""
     after = 0
     where, args = _upto(upto)
     while True:
         batch = conn.execute(
-            f'SELECT "seq", "operation", "key", "value" FROM "_replica_staging" WHERE "name" = ? AND "seq" > ? {where} '
-            'ORDER BY "seq" LIMIT ?',
+            f'SELECT "seq", "operation", "key", "value", "headers" FROM "_replica_staging" '
+            f'WHERE "name" = ? AND "seq" > ? {where} ORDER BY "seq" LIMIT ?',
             (name, after, *args, _READ_BATCH),
         ).fetchall()
         if not batch:
             return
-        for _seq, operation, key, value in batch:
-            yield str(operation), str(key), json.loads(str(value))
+        for _seq, operation, key, value, headers in batch:
+            extra = {} if headers is None else json.loads(str(headers))
+            if operation in MOVE_EVENTS:
+                patterns = tuple((int(p["pos"]), str(p["value"])) for p in extra["patterns"])
+                yield Move(str(operation), patterns, extra)
+            else:
+                yield Change(str(operation), str(key), json.loads(str(value)), extra)
         after = int(batch[-1][0])  # type: ignore[arg-type]  # seq: an INTEGER PRIMARY KEY
 
 

@@ -29,7 +29,7 @@ from replica.protocol.shapelog import Changes, Commit
 from replica.protocol.snapshot import InsertBody
 from replica.protocol.txids import Visibility
 from replica.status import iso_time
-from replica.store import changelog, positions, snapshots, tables, txlog
+from replica.store import changelog, positions, snapshots, tables, tags, txlog
 from replica.typemap.schema import TableSchema, quote_ident
 
 __all__ = ["Applied", "publish", "publish_stage"]
@@ -159,7 +159,7 @@ def _write(
             snapshots.create(conn, name, pending.table)  # a snapshot whose first response is also its last
         elif not snapshots.matches(conn, name, pending.table):
             raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
-        snapshots.append(conn, name, own, pending.table, attached)  # the snapshot's last changes join it
+        snapshots.append(conn, name, own, pending.table, attached, tagged=pending.shape.subquery)  # its last changes
         own = ()
         if exists:
             dropped = _ensure(conn, name, pending.table, keep_rows=False)
@@ -167,11 +167,12 @@ def _write(
         writer = tables.TableWriter(conn, name, pending.table)
     else:
         dropped = _ensure(conn, name, pending.table, keep_rows=True)
+    rows_of = tags.Tagger(conn, name, pending.table).rows if pending.shape.subquery else tables.plain_rows
     if staged:
-        writer.apply(changelog.read(conn, name, upto), tally)
+        writer.apply(rows_of(changelog.read(conn, name, upto)), tally)
         changelog.clear(conn, name, upto)
     changes = own.changes() if isinstance(own, InsertBody) else own
-    writer.apply(((c.operation, c.key, c.value) for c in changes), tally)
+    writer.apply(rows_of(changes), tally)
     writer.flush()
     rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])  # type: ignore[index]
     remaining = changelog.count(conn, name) if staged else 0

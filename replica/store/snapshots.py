@@ -17,10 +17,10 @@ from __future__ import annotations
 import apsw
 
 from replica import fast
-from replica.protocol.messages import Change
+from replica.protocol.messages import Change, Move
 from replica.protocol.shapelog import Changes
 from replica.protocol.snapshot import InsertBody
-from replica.store import tables
+from replica.store import tables, tags
 from replica.typemap.schema import TableSchema, create_table_sql, identity_index_name, identity_index_sql, quote_ident
 
 __all__ = ["append", "create", "drop", "exists", "matches", "publish", "table_name"]
@@ -48,6 +48,7 @@ def exists(conn: apsw.Connection, name: str) -> bool:
 def create(conn: apsw.Connection, name: str, table: TableSchema) -> None:
     snapshot = table_name(name)
     conn.execute(f"DROP TABLE IF EXISTS main.{quote_ident(snapshot)}")
+    tags.drop(conn, snapshot)
     conn.execute(_ddl(name, table, f"main.{quote_ident(snapshot)}"))
     index = identity_index_sql(snapshot, table)  # a key-less table finds its rows by all columns
     if index is not None:
@@ -56,6 +57,7 @@ def create(conn: apsw.Connection, name: str, table: TableSchema) -> None:
 
 def drop(conn: apsw.Connection, name: str) -> None:
     conn.execute(f"DROP TABLE IF EXISTS main.{quote_ident(table_name(name))}")
+    tags.drop(conn, table_name(name))
 
 
 def matches(conn: apsw.Connection, name: str, table: TableSchema) -> bool:
@@ -64,20 +66,23 @@ def matches(conn: apsw.Connection, name: str, table: TableSchema) -> bool:
 
 
 def append(
-    conn: apsw.Connection, name: str, changes: Changes, table: TableSchema, attached: fast.Attached | None = None
+    conn: apsw.Connection, name: str, changes: Changes, table: TableSchema, attached: fast.Attached | None = None,
+    *, tagged: bool = False,
 ) -> int:
     """Apply ``changes`` to the staged snapshot in log order (ProtocolError names a bad value); how many.
 
-    ``attached``: rows of this very body converted ahead (``fast.Conversion.parts_for``).
+    ``attached``: rows of this very body converted ahead (``fast.Conversion.parts_for``);
+    ``tagged``: a subquery shape's, whose tags and moves go with the snapshot (``tags``).
     """
     writer = tables.TableWriter(conn, table_name(name), table)
     if isinstance(changes, InsertBody):
         if table.keyed and fast.write_inserts(conn, changes, table, writer.upsert_from, attached=attached):
             return changes.count
-        messages: list[Change] | tuple[Change, ...] = changes.changes()  # the Python route: the reference
+        messages: list[Change] | tuple[Change | Move, ...] = changes.changes()  # the Python route: the reference
     else:
         messages = changes
-    writer.apply(((c.operation, c.key, c.value) for c in messages), tables.Tally(keep_keys=False))
+    rows_of = tags.Tagger(conn, table_name(name), table).rows if tagged else tables.plain_rows
+    writer.apply(rows_of(messages), tables.Tally(keep_keys=False))
     writer.flush()
     return len(messages)
 
@@ -87,6 +92,7 @@ def publish(conn: apsw.Connection, name: str, table: TableSchema, *, replace: bo
     (``replace`` False: the table must not exist), or copied over its rows (``replace`` True: the table has ``table``'s
     layout already). The snapshot table is gone afterwards."""
     snapshot = quote_ident(table_name(name))
+    tags.replace(conn, table_name(name), name)  # a subquery shape's tags (anyone's stale ones go)
     if replace:
         columns = ", ".join(quote_ident(c) for c in table.names)
         conn.execute(f"DELETE FROM main.{quote_ident(name)}")  # the user's indexes and triggers stay

@@ -231,7 +231,7 @@ class Store:
                 snapshots.create(conn, name, table)
             elif not snapshots.matches(conn, name, table):
                 raise StoreError(f"the snapshot staged for {name!r} has other columns now; it is fetched again")
-            added = snapshots.append(conn, name, commit.changes, table, attached)
+            added = snapshots.append(conn, name, commit.changes, table, attached, tagged=commit.shape.subquery)
             if commit.up_to_date:  # deferred: from here on, changes wait after the complete snapshot
                 snapshot_lsn = _complete(commit)
         else:

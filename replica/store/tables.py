@@ -16,7 +16,7 @@ Electric's key map.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ import apsw
 
 from replica.errors import ProtocolError, ShapeError
 from replica.protocol import wire
+from replica.protocol.messages import Change, Move
 from replica.typemap.schema import (
     SQLValue,
     TableSchema,
@@ -32,7 +33,7 @@ from replica.typemap.schema import (
     quote_ident,
 )
 
-__all__ = ["TableWriter", "Tally", "ensure_table", "probes", "signature", "table_exists"]
+__all__ = ["TableWriter", "Tally", "ensure_table", "plain_rows", "probes", "signature", "table_exists"]
 
 _BATCH = 500  # statements per executemany: long enough to amortise, short enough to bound memory
 _BULK = 5000  # whole-row inserts converted and written per batch
@@ -51,6 +52,12 @@ class Tally:
         self.counts[operation] += 1
         if self.keep_keys:
             self.keys[operation].append(key)
+
+
+def plain_rows(changes: Iterable[Change | Move]) -> Iterator[tuple[str, str, Mapping[str, str | None]]]:
+    """The (operation, key, value) of each change, for ``TableWriter.apply``; move events (which a
+    plain shape never gets) are passed over, as before subquery shapes were known."""
+    return ((c.operation, c.key, c.value) for c in changes if isinstance(c, Change))
 
 
 def table_exists(conn: apsw.Connection, name: str) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import apsw
 
-from replica.protocol.messages import Change
+from replica.protocol.messages import Change, Move
 from replica.protocol.txids import Visibility, change_lsn, change_txids
 
 __all__ = [
@@ -25,8 +25,9 @@ KEEP_SECONDS = 600.0
 KEEP_ROWS = 10_000
 
 
-def stage(conn: apsw.Connection, name: str, changes: Iterable[Change]) -> None:
-    """Note the txids of ``changes``, which wait in a stage (or are about to be published)."""
+def stage(conn: apsw.Connection, name: str, changes: Iterable[Change | Move]) -> None:
+    """Note the txids of ``changes`` (and of a subquery shape's moves), which wait in a stage (or are
+    about to be published)."""
     rows = [(txid, change_lsn(change), name) for change in changes for txid in change_txids(change)]
     if rows:
         conn.executemany('INSERT INTO "_replica_txids" ("txid", "lsn", "name") VALUES (?, ?, ?)', rows)

@@ -44,10 +44,13 @@ SNAPSHOT_SETTLE = 0.25
 
 def group_members(shapes: Sequence[Shape]) -> dict[str, list[Shape]]:
     """The groups to coordinate: shapes by group name, groups of one left out (they publish on their
-    own), and the default group only up to ``DEFAULT_GROUP_LIMIT`` shapes (logged when dropped)."""
+    own), and the default group only up to ``DEFAULT_GROUP_LIMIT`` shapes (logged when dropped).
+
+    A subquery shape is never a member, whatever its ``group``: its move events carry no LSN, so no
+    group LSN can say which of its rows belong below it; it publishes alone at each up-to-date."""
     members: dict[str, list[Shape]] = {}
     for shape in shapes:
-        if shape.group is not None:
+        if shape.group is not None and not shape.subquery:
             members.setdefault(shape.group, []).append(shape)
     formed = {}
     for name, group_shapes in members.items():

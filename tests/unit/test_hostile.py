@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from replica import Backoff, Replica, connect
 from replica.errors import ConfigError, ProtocolError, ReplicaError, ShapeError, StoreError
 from replica.protocol import Response, Shape, ShapeLog, wire
-from replica.protocol.messages import Change, Control, parse_body
+from replica.protocol.messages import Change, Control, Move, parse_body
 from replica.store.store import Store
 
 HANDLE = "h-1"
@@ -549,7 +549,7 @@ def test_fuzz_parse_body_returns_messages_or_a_protocol_error(raw: bytes) -> Non
         messages = parse_body(raw)
     except ProtocolError:
         return
-    assert all(isinstance(m, (Change, Control)) for m in messages)
+    assert all(isinstance(m, (Change, Control, Move)) for m in messages)
 
 
 @pytest.fixture(scope="module")

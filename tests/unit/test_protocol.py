@@ -252,7 +252,6 @@ def test_shape_params_in_request() -> None:
         {"table": "items", "replica": "partial"},
         {"table": "items", "where": "a = $1", "params": {"2": "x"}},
         {"table": "items", "params": {"1": "x"}},
-        {"table": "items", "where": "id IN (SELECT id FROM other)"},
         {"table": "items", "columns": ()},
     ],
 )

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from replica.protocol import wire
-from replica.testing.fake.shapes import ShapeDef, ShapeLog, change_messages, parse_columns
+from replica.testing.fake.shapes import ShapeDef, ShapeLog, change_messages, parse_columns, resolver
 from replica.testing.fake.tables import Row, Table
 
 __all__ = ["Change", "Database", "Transaction", "append_transaction"]
@@ -31,6 +31,10 @@ def append_transaction(
     ``indexes``: each change's index in its transaction, when only some changes are passed on."""
     pending: dict[int, tuple[ShapeLog, list[tuple[int, dict[str, Any]]]]] = {}
     logs = list(logs)
+    for log in logs:
+        if log.moves is not None:
+            _subquery_transaction(log, changes, txid, lsn)
+    logs = [log for log in logs if log.moves is None]
     for index, (table, old, new) in zip(indexes or range(len(changes)), changes, strict=True):
         for log in logs:
             if log.relation != [table.schema, table.name]:
@@ -45,6 +49,35 @@ def append_transaction(
             if n == len(messages) - 1:
                 headers["last"] = True
             log.append(wire.Offset(lsn, position), message)
+
+
+def _subquery_transaction(log: ShapeLog, changes: Sequence[Change], txid: int, lsn: int) -> None:
+    """A subquery shape's part of a transaction: its root table's changes (with tags), then the moves
+    the transaction made in any table it reads (``fake.subquery``), in Electric's order."""
+    assert log.moves is not None
+    table, full = log.table, log.definition.replica == wire.REPLICA_FULL
+    own: list[dict[str, Any]] = []
+    for changed, old, new in changes:
+        if changed is table:
+            own.extend(log.moves.change(table, old, new, full, log.columns))
+    moves = log.moves.moves(table, table.rows.values(), lambda row: log.project(table, row, snapshot=True))
+    position = 0
+    for n, message in enumerate(own):
+        message["headers"].update(relation=log.relation, txids=[txid], lsn=str(lsn), op_position=position)
+        if n == len(own) - 1:
+            message["headers"]["last"] = True
+        log.append(wire.Offset(lsn, position), message)
+        position += 2
+    for message in moves:
+        headers = message["headers"]
+        if "event" in headers:
+            headers["txids"] = [txid]
+        elif "key" in message:
+            headers["relation"] = log.relation
+        else:  # the snapshot-end of the moved-in rows: what the query that read them saw
+            headers.update(xmin=str(txid + 1), xmax=str(txid + 1), xip_list=[])
+        log.append(wire.Offset(lsn, position), message)
+        position += 2
 
 
 class Transaction:
@@ -206,6 +239,7 @@ class Database:
                     table,
                     chunk_bytes=self.chunk_bytes,
                     snapshot_xid=self.txid + 1,
+                    tables=resolver(self.find_table),
                 )
                 log.taken_at = self.lsn
                 self.shapes[definition] = log
@@ -292,7 +326,7 @@ class Database:
                 raise KeyError(f"table {table.name!r} has no column(s) {unknown}")
             selected = None if columns is None else tuple(c for c in table.columns if c in set(columns))
             definition = ShapeDef(table.schema, table.name, where, tuple(params or ()), selected)
-            predicate = definition.predicate(table)
+            predicate = definition.predicate(table, resolver(self.find_table))
             out: dict[str, dict[str, str | None]] = {}
             for row in table.rows.values():
                 if predicate is None or predicate(row):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from replica.protocol import wire
-from replica.testing.fake.shapes import ShapeDef, parse_columns
+from replica.testing.fake.shapes import ShapeDef, parse_columns, resolver
 from replica.testing.fake.tables import Table
 from replica.testing.fake.where import WhereError
 
@@ -122,7 +122,7 @@ def parse_shape_request(
     )
     if table is not None and values is not None and wire.P_WHERE not in errors:
         try:
-            definition.predicate(table)
+            definition.predicate(table, resolver(find_table))
         except WhereError as exc:
             error(wire.P_WHERE, str(exc))
     if errors:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import bisect
 import json
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from replica.protocol import wire
+from replica.testing.fake.subquery import Moves, has_subquery, split_where
 from replica.testing.fake.tables import Row, Table
-from replica.testing.fake.where import Predicate, column_kind, compile_where
+from replica.testing.fake.where import Predicate, Tables, column_kind, compile_where
 
-__all__ = ["Chunk", "Entry", "ShapeDef", "ShapeLog", "parse_columns"]
+__all__ = ["Chunk", "Entry", "ShapeDef", "ShapeLog", "parse_columns", "resolver", "table_kinds"]
 
 SNAPSHOT_END_OFFSET = wire.Offset(0, None)  # 0_inf: the end of the snapshot, the start of the log
 
@@ -82,20 +83,36 @@ class ShapeDef:
         chosen = set(self.columns)
         return [c for c in table.columns if c in chosen]
 
-    def predicate(self, table: Table) -> Predicate | None:
-        """The compiled where clause (raises WhereError), or None for no filter."""
+    def predicate(self, table: Table, tables: Tables | None = None) -> Predicate | None:
+        """The compiled where clause (raises WhereError), or None for no filter; ``tables``: those its
+        subqueries read."""
         if self.where is None:
             return None
         custom = table.compile_where(self.where, self.params)
         if custom is not None:  # a source with its own evaluator (Postgres asks Postgres)
             return custom
-        kinds = {c: column_kind(table.type_of(c), int(table.columns[c].get("dims", 0))) for c in table.columns}
-        return compile_where(self.where, self.params, kinds)
+        return compile_where(self.where, self.params, table_kinds(table), tables)
 
     def phash(self) -> int:
         # Stable 27-bit number shaped like Elixir's :erlang.phash2 output in Electric handles.
         text = json.dumps([self.schema, self.table, self.where, self.params, self.columns, self.replica, self.log])
         return zlib.crc32(text.encode()) & 0x7FFFFFF
+
+
+def table_kinds(table: Table) -> dict[str, str]:
+    """How the where evaluator compares each column of ``table``."""
+    return {c: column_kind(table.type_of(c), int(table.columns[c].get("dims", 0))) for c in table.columns}
+
+
+def resolver(find: Callable[[str, str], Table | None]) -> Tables:
+    """The ``Tables`` of a where's subqueries, from a (schema, name) → Table lookup."""
+    def tables(name: str) -> tuple[dict[str, str], Callable[[], Iterable[Row]]]:
+        schema, bare = wire.parse_table(name)
+        table = find(schema, bare)
+        if table is None:
+            raise KeyError(name)
+        return table_kinds(table), lambda: list(table.rows.values())
+    return tables
 
 
 @dataclass
@@ -133,6 +150,7 @@ class ShapeLog:
         *,
         chunk_bytes: int,
         snapshot_xid: int,
+        tables: Tables | None = None,
     ) -> None:
         self.definition = definition
         self.handle = handle
@@ -141,7 +159,13 @@ class ShapeLog:
         self.taken_at: int | None = None  # the database's LSN when the snapshot was taken (FakeElectric's)
         self.columns = definition.selected(table)
         self.schema = table.electric_schema(self.columns)
-        self._predicate = definition.predicate(table)
+        self._predicate = definition.predicate(table, tables)
+        #: A subquery shape's tags and what its clients hold (``fake.subquery``); None for a plain shape.
+        self.moves: Moves | None = None
+        if tables is not None and has_subquery(definition.where):
+            assert definition.where is not None
+            self.moves = Moves(split_where(definition.where, definition.params, table_kinds(table), tables), handle)
+        self.table = table
         self.relation = [table.schema, table.name]
         self.entries: list[Entry] = []
         self._offsets: list[wire.Offset] = []  # parallel to entries, for bisect
@@ -178,6 +202,9 @@ class ShapeLog:
                     "value": self.project(table, row, snapshot=True),
                     "headers": {"operation": wire.INSERT, "relation": self.relation},
                 }
+                if self.moves is not None:
+                    message["headers"].update(self.moves.headers(row))
+                    self.moves.hold(table.key(row), row)
                 if size >= self.chunk_bytes:
                     chunks.append([])
                     size = 0

@@ -6,7 +6,7 @@ Grammar (keywords case-insensitive)::
     and_expr  := not_expr (AND not_expr)*
     not_expr  := NOT not_expr | predicate
     predicate := operand [ cmp operand | IS [NOT] NULL | [NOT] IN '(' operand (',' operand)* ')'
-                          | [NOT] LIKE operand ]
+                          | [NOT] IN '(' SELECT column FROM table [WHERE expr] ')' | [NOT] LIKE operand ]
     operand   := integer | decimal | 'string' | TRUE | FALSE | NULL | $n | column | "column"
                | '-' number | '(' expr ')'
     cmp       := = | <> | != | < | <= | > | >=
@@ -15,22 +15,30 @@ Evaluation follows SQL three-valued logic (NULL is ``None``); a row is in the sh
 the clause is TRUE. Untyped literals and ``$n`` parameters take the type of the column they are
 compared with: numeric column types compare numerically, bools as bools, everything else as text.
 Type errors are found when the clause is compiled, as Postgres finds them when planning.
+
+Subqueries (``IN (SELECT …)``, nested too) need ``tables``: each names another table's columns and
+its current rows; a subquery is evaluated over those rows each time, in SQL's three-valued logic
+(``x IN (empty)`` is FALSE even for a NULL ``x``). ``replica.testing.fake.subquery`` splits such a
+clause into conditions for tags and moves.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from replica.testing.fake.tables import NUMERIC_TYPES, Row, canonical_bool
+from replica.testing.fake.where_ops import compare_op, in_list, like_op, logic, member
 
-__all__ = ["WhereError", "compile_where"]
+__all__ = ["Tables", "WhereError", "compile_where"]
 
 Predicate = Callable[[Row], bool]
 _Eval = Callable[[Row], Any]
+#: A table by name → (its columns' comparison kinds, its current rows), for subqueries.
+Tables = Callable[[str], tuple[Mapping[str, str], Callable[[], Iterable[Row]]]]
 
 
 class WhereError(ValueError):
@@ -48,7 +56,7 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
-_KEYWORDS = frozenset({"and", "or", "not", "in", "is", "null", "true", "false", "like"})
+_KEYWORDS = frozenset({"and", "or", "not", "in", "is", "null", "true", "false", "like", "select", "from", "where"})
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,6 @@ def _tokenize(text: str) -> list[_Tok]:
         kind = match.lastgroup or ""
         value = match.group(kind)
         start = match.start(kind)
-        if kind == "word" and value.lower() == "select":
-            raise WhereError(f"At location {start}: subqueries (SELECT) are not supported by FakeElectric")
         if kind == "word" and value.lower() in _KEYWORDS:
             kind, value = "kw", value.lower()
         tokens.append(_Tok(kind, value, start))
@@ -104,12 +110,26 @@ class _Op(_Node):
     args: list[_Node]
 
 
+@dataclass
+class _Sub(_Node):
+    """``needle [NOT] IN (SELECT column FROM table [WHERE where])``; ``rows`` reads the table now."""
+
+    needle: _Node
+    negated: bool
+    column: _Column
+    where: _Node | None
+    rows: Callable[[], Iterable[Row]]
+
+
 class _Parser:
-    def __init__(self, text: str, params: Sequence[str], columns: Mapping[str, str]) -> None:
+    def __init__(
+        self, text: str, params: Sequence[str], columns: Mapping[str, str], tables: Tables | None = None
+    ) -> None:
         self.tokens = _tokenize(text)
         self.i = 0
         self.params = params
         self.columns = columns  # column name -> kind
+        self.tables = tables
 
     def peek(self, offset: int = 0) -> _Tok:
         return self.tokens[min(self.i + offset, len(self.tokens) - 1)]
@@ -174,6 +194,8 @@ class _Parser:
             negated = True
         if self.accept("kw", "in"):
             self.expect("op", "(")
+            if self.peek().kind == "kw" and self.peek().text == "select":
+                return self.subquery(left, negated)
             items = [self.operand()]
             while self.accept("op", ","):
                 items.append(self.operand())
@@ -182,6 +204,30 @@ class _Parser:
         if self.accept("kw", "like"):
             return _Op("bool", "not like" if negated else "like", [left, self.operand()])
         return left
+
+    def subquery(self, needle: _Node, negated: bool) -> _Node:
+        start = self.take()
+        if self.tables is None:
+            raise WhereError(f"At location {start.pos}: subqueries (SELECT) need the tables they read")
+        column_tok = self.take()
+        self.expect("kw", "from")
+        table_tok = self.take()
+        if column_tok.kind not in ("word", "qid") or table_tok.kind not in ("word", "qid"):
+            self.fail("expected SELECT column FROM table")
+        try:
+            kinds, rows = self.tables(_ident(table_tok))
+        except KeyError:
+            raise WhereError(f"At location {table_tok.pos}: relation {_ident(table_tok)!r} does not exist") from None
+        name = _ident(column_tok)
+        if name not in kinds:
+            raise WhereError(f"At location {column_tok.pos}: unknown reference {name}")
+        outer, self.columns = self.columns, kinds  # the inner WHERE names the inner table's columns
+        try:
+            where = self.expr() if self.accept("kw", "where") else None
+        finally:
+            self.columns = outer
+        self.expect("op", ")")
+        return _Sub("bool", needle, negated, _Column(kinds[name], name), where, rows)
 
     def operand(self) -> _Node:
         tok = self.take()
@@ -201,7 +247,7 @@ class _Parser:
                 raise WhereError(f"At location {tok.pos}: parameter {tok.text} was not provided")
             return _Const("unknown", self.params[number - 1])
         if tok.kind in ("word", "qid"):
-            name = tok.text.lower() if tok.kind == "word" else tok.text[1:-1].replace('""', '"')
+            name = _ident(tok)
             if name not in self.columns:
                 raise WhereError(f"At location {tok.pos}: unknown reference {name}")
             return _Column(self.columns[name], name)
@@ -212,6 +258,10 @@ class _Parser:
         self.i -= 1
         self.fail("expected a value or column")
         raise AssertionError("unreachable")
+
+
+def _ident(tok: _Tok) -> str:
+    return tok.text.lower() if tok.kind == "word" else tok.text[1:-1].replace('""', '"')
 
 
 # --- type resolution and compilation ---
@@ -250,10 +300,12 @@ def _compile(node: _Node, expect: str | None = None) -> _Eval:
         if kind == "bool":
             return lambda row: None if row[name] is None else row[name] == "t"
         return lambda row: row[name]
+    if isinstance(node, _Sub):
+        return _subquery(node)
     assert isinstance(node, _Op)
     if node.op in ("and", "or", "not"):
         parts = [_compile(_require_bool(arg), "bool") for arg in node.args]
-        return _logic(node.op, parts)
+        return logic(node.op, parts)
     if node.op in ("is null", "is not null"):
         inner = _compile(node.args[0])
         want_null = node.op == "is null"
@@ -261,12 +313,12 @@ def _compile(node: _Node, expect: str | None = None) -> _Eval:
     kind = _common_kind(node.args)
     parts = [_compile(arg, kind) for arg in node.args]
     if node.op in ("in", "not in"):
-        return _in(parts[0], parts[1:], negated=node.op == "not in")
+        return in_list(parts[0], parts[1:], negated=node.op == "not in")
     if node.op in ("like", "not like"):
         if kind != "text":
             raise WhereError(f"operator does not exist: {kind} ~~ text")
-        return _like(parts[0], parts[1], negated=node.op == "not like")
-    return _compare(node.op, parts[0], parts[1])
+        return like_op(parts[0], parts[1], negated=node.op == "not like")
+    return compare_op(node.op, parts[0], parts[1])
 
 
 def _require_bool(node: _Node) -> _Node:
@@ -284,71 +336,16 @@ def _common_kind(args: list[_Node]) -> str:
     return kinds.pop() if kinds else "text"
 
 
-def _logic(op: str, parts: list[_Eval]) -> _Eval:
-    if op == "not":
-        (inner,) = parts
+def _subquery(node: _Sub) -> _Eval:
+    kind = _common_kind([node.needle, node.column])
+    needle, column = _compile(node.needle, kind), _compile(node.column, kind)
+    where = None if node.where is None else _compile(_require_bool(node.where), "bool")
+    rows, negated = node.rows, node.negated
 
-        def not_(row: Row) -> Any:
-            value = inner(row)
-            return None if value is None else not value
-
-        return not_
-    left, right = parts
-    decisive = op == "or"  # TRUE decides OR, FALSE decides AND
-
-    def junction(row: Row) -> Any:
-        a, b = left(row), right(row)
-        if a is decisive or b is decisive:
-            return decisive
-        if a is None or b is None:
-            return None
-        return not decisive
-
-    return junction
-
-
-_COMPARE = {
-    "=": lambda a, b: a == b,
-    "<>": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
-
-
-def _compare(op: str, left: _Eval, right: _Eval) -> _Eval:
-    fn = _COMPARE[op]
-
-    def compare(row: Row) -> Any:
-        a, b = left(row), right(row)
-        return None if a is None or b is None else fn(a, b)
-
-    return compare
-
-
-def _in(needle: _Eval, items: list[_Eval], *, negated: bool) -> _Eval:
     def contains(row: Row) -> Any:
-        value = needle(row)
-        if value is None:
-            return None
-        values = [item(row) for item in items]
-        if value in values:
-            return not negated
-        return None if None in values else negated
+        return member(needle(row), [column(r) for r in rows() if where is None or where(r) is True], negated=negated)
 
     return contains
-
-
-def _like(value: _Eval, pattern: _Eval, *, negated: bool) -> _Eval:
-    def like(row: Row) -> Any:
-        text, pat = value(row), pattern(row)
-        if text is None or pat is None:
-            return None
-        regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pat)
-        return (re.fullmatch(regex, text, re.DOTALL) is not None) != negated
-
-    return like
 
 
 def column_kind(pg_type: str, dims: int = 0) -> str:
@@ -360,14 +357,27 @@ def column_kind(pg_type: str, dims: int = 0) -> str:
     return "bool" if pg_type == "bool" else "text"
 
 
-def compile_where(text: str, params: Sequence[str], columns: Mapping[str, str]) -> Predicate:
+def compile_where(
+    text: str, params: Sequence[str], columns: Mapping[str, str], tables: Tables | None = None
+) -> Predicate:
     """Compile ``text`` into ``row -> bool`` (True only when the clause is TRUE).
 
     ``params`` are the ``$1..$n`` values (text); ``columns`` maps each column name to its
-    comparison kind (see ``column_kind``). Raises WhereError with a client-facing message.
+    comparison kind (see ``column_kind``); ``tables`` resolves the tables subqueries read.
+    Raises WhereError with a client-facing message.
     """
-    tree = _Parser(text, params, columns).parse()
+    evaluate = _compile(_require_bool(parse_where(text, params, columns, tables)), "bool")
+    return lambda row: evaluate(row) is True
+
+
+def parse_where(text: str, params: Sequence[str], columns: Mapping[str, str], tables: Tables | None = None) -> _Node:
+    """The checked tree of ``text`` (``replica.testing.fake.subquery`` reads its conditions)."""
+    tree = _Parser(text, params, columns, tables).parse()
     if tree.kind not in ("bool", "null", "unknown"):
         raise WhereError("WHERE clause must return a boolean")
-    evaluate = _compile(_require_bool(tree), "bool")
-    return lambda row: evaluate(row) is True
+    return tree
+
+
+def compile_node(node: _Node) -> Callable[[Row], Any]:
+    """A boolean condition of a parsed tree → ``row -> True | False | None``."""
+    return _compile(_require_bool(node), "bool")
