@@ -82,7 +82,6 @@ def test_where_params_columns_and_name(fake: FakeElectric, url: str, tmp_path: P
         ["sync", "URL", "--table", "items", "--db", "DB", "--columns", ","],
         ["sync", "ftp://example/v1/shape", "--table", "items", "--db", "DB"],
         ["sync", "URL", "--table", "a.b.c", "--db", "DB"],
-        ["sync", "URL", "--table", "items", "--db", "DB", "--where", "id IN (SELECT 1)"],
         ["frobnicate"],
     ],
 )
