@@ -112,14 +112,23 @@ class ShapeLog:
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.handle, self.offset, self.cursor, self.schema, self.live)
 
-    def probe_request(self) -> Request | None:
+    def probe_request(self, need: int | None = None) -> Request | None:
         """A non-live catch-up at the current position, to send beside the long-poll in flight: its
         answer (``probe_answer``) says how far the shape is complete without moving the log. None
-        before the first up-to-date (no position worth asking about)."""
+        before the first up-to-date (no position worth asking about).
+
+        ``need``: the LSN the group needs this shape complete at. It goes in the URL as the
+        ``cache-buster``: a caching proxy keeps a catch-up at one position for 60 s, so without it a
+        second probe at the same position is answered with the first one's (older) up-to-date and the
+        group waits for a long-poll timeout; with it, every replica of a fleet asking the same
+        question still sends the same URL, which the proxy collapses into one origin request."""
         if self.offset == wire.OFFSET_BEFORE_ALL or self.handle is None:
             return None
-        live = (wire.P_LIVE, wire.P_CURSOR, wire.P_LIVE_SSE, wire.P_EXPERIMENTAL_LIVE_SSE)
-        params = [p for p in self.next_request().params if p[0] not in live]
+        drop = (wire.P_LIVE, wire.P_CURSOR, wire.P_LIVE_SSE, wire.P_EXPERIMENTAL_LIVE_SSE, wire.P_CACHE_BUSTER)
+        params = [p for p in self.next_request().params if p[0] not in drop]
+        if need is not None:
+            params.append((wire.P_CACHE_BUSTER, f"lsn-{need}"))
+            params.sort(key=lambda kv: kv[0])
         return Request(tuple(params), False)
 
     def probe_answer(self, response: Response) -> int | None:

@@ -60,7 +60,7 @@ class Coordinator(Protocol):
     def up_to_date(self, name: str, complete: int | None, sent: float | None = None) -> None: ...
     def refetching(self, name: str) -> None: ...
     def failed(self, name: str) -> None: ...
-    def attach(self, name: str, probe: Callable[[], None]) -> None: ...
+    def attach(self, name: str, probe: Callable[[int], None]) -> None: ...
     async def visible(self, name: str, complete: int | None) -> bool: ...
     def poke(self) -> None: ...
 
@@ -173,17 +173,17 @@ class _Follower:
         if group is not None:
             group.attach(self.name, self._probe)
 
-    def _probe(self) -> None:
+    def _probe(self, need: int) -> None:
         """The group asks how far this quiet shape is complete: a non-live catch-up beside the long-poll."""
         if not self.probing:
             self.probing = True
-            self.staging.start_soon(self._catch_up)
+            self.staging.start_soon(self._catch_up, need)
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, need: int) -> None:
         session, shape_log, complete = self.session, self.log, None
         sent = time.monotonic()
         try:
-            request = shape_log.probe_request() if shape_log is not None else None
+            request = shape_log.probe_request(need) if shape_log is not None else None
             if request is not None and shape_log is not None:
                 response = await http.fetch(self.client, session.url, request, headers=await session.headers(),
                                             params=await session.params(), timeout=session.request_timeout)
@@ -194,12 +194,15 @@ class _Follower:
             self.probing = False
         if complete is not None and self.group is not None and shape_log is self.log:
             self.group.up_to_date(self.name, complete, sent)  # the log did not move: nothing else to do
-        else:  # it has news (or the probe failed): the log catches up itself
+            return
+        # It has news (or the probe failed): the log catches up itself. A long-poll (or stream) in flight
+        # returns with the news anyway; dropping it for a non-live catch-up would cost this replica that
+        # answer's cursor, which the rest of a fleet behind a caching proxy echoes next, so its live URLs
+        # would differ from theirs (no collapsing) from then on.
+        if self.poll is None:
             self.refresh = True
-            if self.poll is not None:
-                self.poll.cancel()
-            if self.group is not None:
-                self.group.poke()  # a run(once) member waiting for the group hears of it
+        if self.group is not None:
+            self.group.poke()  # a run(once) member waiting for the group hears of it
 
     async def run(self) -> None:
         session, name = self.session, self.name

@@ -81,7 +81,7 @@ class Member:
     staged: bool = False  # something waits to be published …
     lowest: int | None = None  # … the earliest change at this LSN
     failed: bool = False
-    probe: Callable[[], None] | None = None  # drops the member's long-poll for a catch-up (set by its loop)
+    probe: Callable[[int], None] | None = None  # a catch-up for the LSN the group needs (set by its loop)
     probed_at: float = -1.0
 
     def take(self, pending: Pending | None, now: float) -> float | None:
@@ -158,7 +158,7 @@ class Group:
         self.members[name].failed = True
         self._nudge()
 
-    def attach(self, name: str, probe: Callable[[], None]) -> None:
+    def attach(self, name: str, probe: Callable[[int], None]) -> None:
         self.members[name].probe = probe
 
     def poke(self) -> None:
@@ -222,14 +222,15 @@ class Group:
         now = time.monotonic()
         settling = [m for m in active if m.snapshot_lsn is not None and m.bound is None
                     and m.settle_at is not None and m.settle_at <= now]
-        if settling:
-            self._probe(settling)  # none vouched for it in time: a catch-up sent now bounds it
+        for member in settling:  # none vouched for it in time: a catch-up sent now bounds it
+            # Its buster is the snapshot's LSN: a URL first asked now, not a proxy's older answer.
+            self._probe([member], member.snapshot_lsn or 0)
         decided = plan(active)
         if decided.publish is not None:
             await self._publish(active, decided.publish)  # everything staged at or below it; later changes wait
             decided = plan(active)
         if decided.probe:
-            self._probe([self.members[name] for name in decided.probe])
+            self._probe([self.members[name] for name in decided.probe], decided.need)
 
     async def _publish(self, active: list[Member], upto: int) -> None:
         session = self._session
@@ -250,8 +251,8 @@ class Group:
             self._host._set(member.shape.local_name, last_synced_at=now)
             self._host._reached(member.shape.local_name)
 
-    def _probe(self, behind: list[Member]) -> None:
-        """Ask the members behind for a catch-up now, or (probed within the window) at its end."""
+    def _probe(self, behind: list[Member], need: int) -> None:
+        """Ask the members behind for a catch-up to ``need`` now, or (probed within the window) at its end."""
         now = time.monotonic()
         later = []
         for member in behind:
@@ -260,7 +261,7 @@ class Group:
             if now - member.probed_at >= PROBE_WINDOW:
                 member.probed_at = now
                 self.probes += 1
-                member.probe()
+                member.probe(need)
             else:
                 later.append(member.probed_at + PROBE_WINDOW)
         if later:
@@ -276,6 +277,7 @@ class Plan:
 
     publish: int | None
     probe: tuple[str, ...]
+    need: int = 0  # the LSN the members in ``probe`` must be complete at
 
 
 def plan(members: Sequence[Member]) -> Plan:
@@ -294,7 +296,7 @@ def plan(members: Sequence[Member]) -> Plan:
     waiting = [m for m in members if m.staged and not (publish is not None and _all_due(m, upto))]
     target = max([snapshots] + [m.complete for m in waiting if m.complete is not None])
     behind = tuple(m.shape.local_name for m in members if m.complete is not None and m.complete < target)
-    return Plan(publish, behind)
+    return Plan(publish, behind, target)
 
 
 def _all_due(member: Member, upto: int) -> bool:
