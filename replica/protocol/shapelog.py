@@ -113,15 +113,10 @@ class ShapeLog:
         return Checkpoint(self.handle, self.offset, self.cursor, self.schema, self.live)
 
     def probe_request(self, need: int | None = None) -> Request | None:
-        """A non-live catch-up at the current position, to send beside the long-poll in flight: its
-        answer (``probe_answer``) says how far the shape is complete without moving the log. None
-        before the first up-to-date (no position worth asking about).
-
-        ``need``: the LSN the group needs this shape complete at. It goes in the URL as the
-        ``cache-buster``: a caching proxy keeps a catch-up at one position for 60 s, so without it a
-        second probe at the same position is answered with the first one's (older) up-to-date and the
-        group waits for a long-poll timeout; with it, every replica of a fleet asking the same
-        question still sends the same URL, which the proxy collapses into one origin request."""
+        """A non-live catch-up at the current position, beside the long-poll in flight: its answer
+        (``probe_answer``) says how far the shape is complete without moving the log. None before the
+        first up-to-date. ``need`` (the LSN the group needs) is its cache-buster: a proxy caches a
+        catch-up for 60 s, yet a fleet asking the same question shares one URL (design.md §3g)."""
         if self.offset == wire.OFFSET_BEFORE_ALL or self.handle is None:
             return None
         drop = (wire.P_LIVE, wire.P_CURSOR, wire.P_LIVE_SSE, wire.P_EXPERIMENTAL_LIVE_SSE, wire.P_CACHE_BUSTER)
