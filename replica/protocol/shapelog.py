@@ -113,18 +113,14 @@ class ShapeLog:
         return Checkpoint(self.handle, self.offset, self.cursor, self.schema, self.live)
 
     def probe_request(self, need: int | None = None) -> Request | None:
-        """A non-live catch-up at the current position, beside the long-poll in flight: its answer
-        (``probe_answer``) says how far the shape is complete without moving the log. None before the
-        first up-to-date. ``need`` (the LSN the group needs) is its cache-buster: a proxy caches a
-        catch-up for 60 s, yet a fleet asking the same question shares one URL (design.md §3g)."""
+        """A non-live catch-up at the current position, beside the long-poll in flight, whose answer says
+        how far the shape is complete (``probe_answer``); None before the first up-to-date. ``need``, the LSN
+        the group needs, is its cache-buster: one URL per question for a whole fleet (design.md §3g)."""
         if self.offset == wire.OFFSET_BEFORE_ALL or self.handle is None:
             return None
         drop = (wire.P_LIVE, wire.P_CURSOR, wire.P_LIVE_SSE, wire.P_EXPERIMENTAL_LIVE_SSE, wire.P_CACHE_BUSTER)
-        params = [p for p in self.next_request().params if p[0] not in drop]
-        if need is not None:
-            params.append((wire.P_CACHE_BUSTER, f"lsn-{need}"))
-            params.sort(key=lambda kv: kv[0])
-        return Request(tuple(params), False)
+        bust = [] if need is None else [(wire.P_CACHE_BUSTER, f"lsn-{need}")]
+        return Request(tuple(sorted([p for p in self.next_request().params if p[0] not in drop] + bust)), False)
 
     def probe_answer(self, response: Response) -> int | None:
         """The complete LSN if ``response`` (to ``probe_request``) is a bare up-to-date at the log's own
