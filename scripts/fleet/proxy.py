@@ -155,8 +155,9 @@ class CachingProxy:
             return []
         lines = []
         for raw in path.read_text(errors="replace").splitlines():
-            at, status, cache, upstream, seconds, uri = raw.split(" ", 5)
-            lines.append(AccessLine(float(at), int(status), cache, upstream != "-", float(seconds), uri.strip('"')))
+            # "|"-separated: $upstream_addr lists every origin tried ("a, b") when one failed.
+            at, status, cache, upstream, seconds, uri = raw.split("|", 5)
+            lines.append(AccessLine(float(at), int(status), cache, upstream != "-", float(seconds.split(",")[0]), uri))
         return lines
 
     def errors(self) -> str:
