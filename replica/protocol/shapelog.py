@@ -65,7 +65,7 @@ class ShapeLog:
         self.url = url  # named in the message for an answer that is no shape log
         self._nonce = nonce
         self._busts = 0
-        self._bust = False
+        self._bust: str | None = None  # the cache-buster to send until the position moves
         self._stale = 0
         self.expired_handle: str | None = None
         self._relation_cache: tuple[str, str] | None = None
@@ -164,8 +164,8 @@ class ShapeLog:
             params.append((wire.P_EXPERIMENTAL_LIVE_SSE, "true"))
         if self.expired_handle is not None:
             params.append((wire.P_EXPIRED_HANDLE, self.expired_handle))
-        if self._bust:
-            params.append((wire.P_CACHE_BUSTER, f"{self._nonce}-{self._busts}"))
+        if self._bust is not None:
+            params.append((wire.P_CACHE_BUSTER, self._bust))
         # Sorted, like the official client, so identical requests collapse in a CDN.
         params.sort(key=lambda kv: kv[0])
         return Request(tuple(params), self.live, sse)
@@ -275,7 +275,7 @@ class ShapeLog:
             return None
         position = self._position(response, strict=True, up_to_date=None)
         self.handle, self.cursor = position.handle, position.cursor
-        self._bust = False
+        self._bust = None
         self._stale = 0
         return position.offset
 
@@ -347,7 +347,7 @@ class ShapeLog:
     def _move(self, position: _Position) -> None:
         self.handle, self.offset, self.cursor = position.handle, position.offset, position.cursor
         self.schema, self.table = position.schema, position.table
-        self._bust = False
+        self._bust = None
 
     def _after_data(self, changes: Changes, *, up_to_date: bool) -> Commit | None:
         was_live = self.live
@@ -374,14 +374,15 @@ class ShapeLog:
         return commit
 
     def _must_refetch(self, new_handle: str | None) -> None:
-        if self.handle is not None:
-            self.expired_handle = self.handle
+        # A 409 naming a new handle: one buster for the whole fleet, which a proxy collapses (design.md §3g).
+        shared = f"409-{new_handle}" if new_handle is not None and new_handle != self.handle else None
+        self.expired_handle = self.handle if self.handle is not None else self.expired_handle
         self._restart(new_handle)
-        self._bump_cache_buster()
+        self._bump_cache_buster(shared)
 
-    def _bump_cache_buster(self) -> None:
-        self._busts += 1
-        self._bust = True
+    def _bump_cache_buster(self, shared: str | None = None) -> None:
+        self._busts += 1  # a stale replay, or a 409 without a new handle: a URL no cache has seen
+        self._bust = shared if shared is not None else f"{self._nonce}-{self._busts}"
 
 
 def _same(a: str, b: str) -> bool:
