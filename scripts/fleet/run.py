@@ -174,6 +174,21 @@ def fault_runs(fake: FakeElectric, origin: Origin, fleet: Fleet, proxy: CachingP
     out["origin_restart"] = {"refetched_in_s": round(recovered, 2), "origin_requests": sum(counts.values()),
                              "origin_requests_per_shape": round(sum(counts.values()) / len(TABLES), 1),
                              "answered_409": statuses.count(409), "converged": converged(fake, fleet)}
+    # Stale cache: replicas that join now are served the old handle's offset=-1 answer (and its chunks)
+    # from the proxy (s-maxage=3600): they must reach the new handle through a 409, without a loop (R5).
+    before = len(fake.requests)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fleet-late-") as work:
+        late = Fleet(proxy.url, Path(work), TABLES, clients=5, per_process=5)
+        try:
+            late.wait_synced(timeout=120)
+            late.wait(lambda: converged(fake, late), 120, "the late replicas to converge")
+            stale = sum(1 for r in late.snapshot() if r.refetch) - 5 * len(TABLES)  # snapshots published first
+            out["stale_cache_late_join"] = {"replicas": 5, "converged_in_s": round(time.monotonic() - started, 2),
+                                            "origin_requests": sum(origin_requests(fake, before).values()),
+                                            "stale_snapshots_replaced": stale, "converged": True}
+        finally:
+            late.close()
     return out
 
 
