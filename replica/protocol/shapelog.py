@@ -115,7 +115,7 @@ class ShapeLog:
     def probe_request(self, need: int | None = None) -> Request | None:
         """A non-live catch-up at the current position, beside the long-poll in flight, whose answer says
         how far the shape is complete (``probe_answer``); None before the first up-to-date. ``need``, the LSN
-        the group needs, is its cache-buster: one URL per question for a whole fleet (design.md §3g)."""
+        the group needs, is its cache-buster: one URL per question for a whole fleet (design.md §3h)."""
         if self.offset == wire.OFFSET_BEFORE_ALL or self.handle is None:
             return None
         drop = (wire.P_LIVE, wire.P_CURSOR, wire.P_LIVE_SSE, wire.P_EXPERIMENTAL_LIVE_SSE, wire.P_CACHE_BUSTER)
@@ -374,7 +374,7 @@ class ShapeLog:
         return commit
 
     def _must_refetch(self, new_handle: str | None) -> None:
-        # A 409 naming a new handle: one buster for the whole fleet, which a proxy collapses (design.md §3g).
+        # A 409 naming a new handle: one buster for the whole fleet, which a proxy collapses (design.md §3h).
         shared = f"409-{new_handle}" if new_handle is not None and new_handle != self.handle else None
         self.expired_handle = self.handle if self.handle is not None else self.expired_handle
         self._restart(new_handle)
