@@ -292,7 +292,7 @@ class _Follower:
                     await anyio.sleep(session.backoff.delay(quick - QUICK_LIMIT))
             else:
                 quick = 0
-            self._report(shape_log, sent=None if request.live else sent_at)
+            self._report(shape_log)
             if shape_log.live and self.once:
                 if self.group is None:
                     return
@@ -330,13 +330,12 @@ class _Follower:
         if commit.up_to_date:
             self._report(shape_log)  # a stream lasts a minute: say where it is at each batch
 
-    def _report(self, shape_log: ShapeLog, sent: float | None = None) -> None:
-        """Say where the shape is; ``sent``: when the non-live request answered last went out."""
+    def _report(self, shape_log: ShapeLog) -> None:
         name = self.name
         self.host._set(name, state="live" if shape_log.live else "syncing", error=None,
                        handle=shape_log.handle, offset=shape_log.offset)
         if shape_log.live and self.group is not None:
-            self.group.up_to_date(name, shape_log.complete, sent)  # the group publishes, and says it is synced
+            self.group.up_to_date(name, shape_log.complete)  # the group publishes, and says it is synced
         elif shape_log.live:
             self.host._set(name, last_synced_at=time.time())
             self.host._reached(name)

@@ -135,8 +135,9 @@ class Group:
         self._nudge()
 
     def up_to_date(self, name: str, complete: int | None, sent: float | None = None) -> None:
-        """``complete``: the LSN the member is complete up to; ``sent``: when the non-live request
-        that said so went out (monotonic), if it was one (a long-poll's LSN is not the server's)."""
+        """``complete``: the LSN the member is complete up to; ``sent``: when the probe that said so
+        went out (monotonic). Only a probe's answer is known fresh: its URL is one no cache answered
+        before (§3h), where the loop's own non-live answer may come from a proxy's cache."""
         member = self.members[name]
         if (complete is not None and sent is not None and member.settle_at is not None and sent >= member.settle_at
                 and member.bound is None):

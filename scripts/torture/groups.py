@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +93,20 @@ def inspect(db: Path) -> tuple[int | None, int | None]:
         conn.close()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:  # not listening yet, or 503 (HTTPError is an OSError)
+        return False
+
+
 def local(db: Path, table: str) -> dict[int, int]:
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
@@ -145,11 +161,15 @@ def run(args: argparse.Namespace) -> int:
         finally:
             stop.set()
             mutator.join()
+        # The last run listens where it can be asked whether it is ready: the rows may already match
+        # from the killed run, and a SIGTERM before its handlers are set would end it with -15.
+        port = free_port()
+        config.write_text(config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'))
         proc = subprocess.Popen([sys.executable, "-m", "replica", "run", "-c", str(config)], stderr=log)
         counts["restarts"] += 1
         deadline = time.monotonic() + args.converge_timeout
         want = {t: {int(r["id"] or 0): int(r["amount"] or 0) for r in fake.rows(t).values()} for t in TABLES}
-        while any(local(db, t) != want[t] for t in TABLES):
+        while not ready(port) or any(local(db, t) != want[t] for t in TABLES):
             if time.monotonic() > deadline:
                 proc.kill()
                 raise Broken("the last run did not converge to the source")
