@@ -101,6 +101,11 @@ class Member:
             return self.settle_at
         return None
 
+    def vouched(self, pending: Pending | None) -> None:
+        """Learn a witness found since (a transaction another member staged) for the same snapshot."""
+        if pending is not None and pending.snapshot_lsn == self.snapshot_lsn and pending.witness is not None:
+            self.witness = pending.witness
+
     @property
     def bound(self) -> int | None:
         """An LSN at or above every transaction the staged snapshot holds; None while unknown. The
@@ -217,9 +222,7 @@ class Group:
         active = [m for m in self.members.values() if not m.failed]
         for member in active:  # a transaction another member staged may vouch for a waiting snapshot
             if member.snapshot_lsn is not None and member.witness is None:
-                pending = await self._session.call_store(self._session.store.pending, member.shape)
-                if pending is not None and pending.snapshot_lsn == member.snapshot_lsn and pending.witness is not None:
-                    member.witness = pending.witness
+                member.vouched(await self._session.call_store(self._session.store.pending, member.shape))
         now = time.monotonic()
         settling = [m for m in active if m.snapshot_lsn is not None and m.bound is None
                     and m.settle_at is not None and m.settle_at <= now]

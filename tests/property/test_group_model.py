@@ -96,8 +96,7 @@ class Group(RuleBasedStateMachine):
         for other in TABLES:  # what this member staged may vouch for the other's snapshot
             member = self.members[other]
             if member.snapshot_lsn is not None and member.witness is None:
-                pending = self.store.pending(self.shapes[other])
-                member.witness = pending.witness if pending is not None else None
+                member.vouched(self.store.pending(self.shapes[other]))
 
     @rule(table=st.sampled_from(TABLES))
     def settle_snapshot(self, table: str) -> None:
