@@ -57,6 +57,7 @@ class Coordinator(Protocol):
     """The consistency group a shape belongs to (``replica.sync.group.Group``), as its loop sees it."""
 
     def staged(self, name: str, pending: Pending | None) -> None: ...
+    def coming(self, name: str, complete: int) -> None: ...
     def up_to_date(self, name: str, complete: int | None, sent: float | None = None) -> None: ...
     def refetching(self, name: str) -> None: ...
     def failed(self, name: str) -> None: ...
@@ -185,8 +186,8 @@ class _Follower:
         try:
             request = shape_log.probe_request(need) if shape_log is not None else None
             if request is not None and shape_log is not None:
-                response = await http.fetch(self.client, session.url, request, headers=await session.headers(),
-                                            params=await session.params(), timeout=session.request_timeout)
+                response = await http.ask(self.client, session.url, request, headers=await session.headers(),
+                                          params=await session.params(), timeout=session.request_timeout)
                 complete = shape_log.probe_answer(response)
         except (TransientError, ProtocolError, ShapeError) as exc:  # the loop's own requests will meet it too
             log.debug("shape %s: a catch-up for its group failed: %s", self.name, self.session.redact(str(exc)))
@@ -306,6 +307,8 @@ class _Follower:
         """Write ``commit``: a staging step runs behind the next fetch; a publish is the group's to
         make, with the others, or made now and announced."""
         session, name = self.session, self.name
+        if self.group is not None and commit.up_to_date and commit.complete is not None and commit.changes:
+            self.group.coming(name, commit.complete)  # the others' catch-ups overlap this write
         await self._collect()  # the previous staging step first (a stream writes several per answer)
         if not commit.up_to_date:
             # Stage in the writer thread while the next response downloads (SQLite runs
@@ -314,9 +317,9 @@ class _Follower:
             self.staging.start_soon(self.pending.run, session.call_store, session.store.apply, commit, converted)
         elif self.group is not None:  # the group publishes it, with the others
             with anyio.CancelScope(shield=True):  # a probe dropping a stream must not lose what was staged
-                applied = await session.call_store(partial(session.store.apply, commit, converted, defer=True))
+                applied, pending = await session.call_store(_stage, session.store, commit, converted, self.shape)
                 self.host._observe("commit", name, applied=applied)
-                self.group.staged(name, await session.call_store(session.store.pending, self.shape))
+                self.group.staged(name, pending)
         else:
             applied = await session.call_store(session.store.apply, commit, converted)
             self.host._observe("commit", name, applied=applied)
@@ -383,3 +386,11 @@ def _retry_after(exc: Exception, response: Any) -> float | None:
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def _stage(
+    store: Store, commit: Commit, converted: fast.Conversion | None, shape: Shape
+) -> tuple[Applied, Pending | None]:
+    """Stage ``commit`` for the group and say what waits, in one trip to the writer thread (each trip
+    waits for the GIL: measured ~0.5 ms under a group's catch-ups)."""
+    return store.apply(commit, converted, defer=True), store.pending(shape)

@@ -139,6 +139,15 @@ class Group:
             self._wake_at(settle_at)
         self._nudge()
 
+    def coming(self, name: str, complete: int) -> None:
+        """``name`` is writing changes up to ``complete``: ask the members behind it for a catch-up now,
+        so their answers come back while it writes (a catch-up is only a question: the publish still
+        waits for ``staged`` and the answers). Until every member has reached up-to-date, ``plan`` asks."""
+        active = [m for m in self.members.values() if not m.failed]
+        if all(m.complete is not None for m in active):
+            self._probe([m for m in active if m.complete is not None and m.complete < complete
+                         and m.shape.local_name != name], complete)
+
     def up_to_date(self, name: str, complete: int | None, sent: float | None = None) -> None:
         """``complete``: the LSN the member is complete up to; ``sent``: when the probe that said so
         went out (monotonic). Only a probe's answer is known fresh: its URL is one no cache answered
@@ -238,11 +247,15 @@ class Group:
 
     async def _publish(self, active: list[Member], upto: int) -> None:
         session = self._session
-        applied: list[Applied] = await session.call_store(
-            session.store.publish_group, self.name, [m.shape for m in active], upto
-        )
-        for done in applied:
-            self.staged(done.name, await session.call_store(session.store.pending, self.members[done.name].shape))
+        store, shapes = session.store, {m.shape.local_name: m.shape for m in active}
+
+        def publish() -> tuple[list[Applied], list[Pending | None]]:  # one trip to the writer thread
+            applied = store.publish_group(self.name, list(shapes.values()), upto)
+            return applied, [store.pending(shapes[done.name]) for done in applied]
+
+        applied, pending = await session.call_store(publish)
+        for done, waiting in zip(applied, pending, strict=True):
+            self.staged(done.name, waiting)
         self.published = upto
         self._renew()
         now = time.time()
