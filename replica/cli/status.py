@@ -22,17 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from replica.errors import ConfigError, ReplicaError, StoreError
+from replica.protocol.shape import subquery_tables
 from replica.store import Store, positions
 from replica.store.file import LOCK_SUFFIX, connect
 
 __all__ = ["FIELDS", "daemon_view", "read_status", "render_table", "reset_shape", "writer_pid"]
 
-FIELDS = ("name", "state", "rows", "handle", "offset", "last_synced_at", "lag", "error", "staged", "live_mode")
+FIELDS = ("name", "state", "rows", "handle", "offset", "last_synced_at", "lag", "error", "staged", "live_mode",
+          "depends_on")
 _MAGIC = b"SQLite format 3\x00"
 
 
 def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One ``ShapeStatus.to_json()`` per shape (keys ``FIELDS``), sorted by name.
+    """One ``ShapeStatus.to_json()`` per shape (keys ``FIELDS``), sorted by name, plus ``depends_on``:
+    the tables a subquery shape's where reads, whose changes move its rows in and out (else ``[]``).
 
     ``state`` is the stored state when it is an error, else ``running`` while a writer holds the
     database (or the daemon's own state, from ``live``), else ``stopped``. ``lag`` is the seconds
@@ -46,6 +49,8 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
         if not known:
             raise ConfigError(f"database: {db} has no replica bookkeeping (_replica_shapes): not a replica database")
         stored = positions.statuses(conn)
+        wheres = {name: json.loads(definition).get("where") if definition else None
+                  for name, definition in conn.execute('SELECT "name", "definition" FROM "_replica_shapes"')}
     finally:
         conn.close()
     running = writer_pid(db) is not None
@@ -62,7 +67,9 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
             lag = round(now - up, 3) if isinstance(up, (int, float)) else None
         elif state != "error":
             state = "running" if running else "stopped"
-        result.append(replace(status, state=state, error=error, lag=lag, live_mode=live_mode).to_json())
+        row = replace(status, state=state, error=error, lag=lag, live_mode=live_mode).to_json()
+        row["depends_on"] = list(subquery_tables(wheres.get(status.name)))
+        result.append(row)
     return result
 
 
@@ -147,6 +154,8 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         if row["error"]:
             lines.append(f"{row['name']}: {row['error']}")
+        if row.get("depends_on"):
+            lines.append(f"{row['name']}: rows move in and out as {', '.join(row['depends_on'])} change (a subquery)")
         if row.get("live_mode") == "sse-fallback":
             lines.append(f"{row['name']}: long-polling: its SSE streams kept failing (a proxy buffering them?)")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -148,5 +149,22 @@ def _pairs(value: Pairs) -> tuple[tuple[str, str], ...]:
 
 def _has_subquery(where: str) -> bool:
     # A rough but safe test: SELECT as a word outside string literals.
-    outside = "".join(part for i, part in enumerate(where.split("'")) if i % 2 == 0)
-    return "select" in outside.lower().replace("(", " ").split()
+    return "select" in _outside_literals(where).lower().replace("(", " ").split()
+
+
+def subquery_tables(where: str | None) -> tuple[str, ...]:
+    """The tables a where's subqueries read, each once, as written: what moves a subquery shape's rows
+    in and out (``replica status`` shows them). ``()`` for a plain where."""
+    if where is None or not _has_subquery(where):
+        return ()
+    found = (re.sub(r"\s*\.\s*", ".", name) for name in _FROM.findall(_outside_literals(where)))
+    return tuple(dict.fromkeys(found))
+
+
+_NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_FROM = re.compile(rf"\bfrom\s+({_NAME}(?:\s*\.\s*{_NAME})?)", re.IGNORECASE)
+
+
+def _outside_literals(where: str) -> str:
+    # '' inside a literal splits into an empty part: the parity of the parts still tells inside from out.
+    return " ".join(part for i, part in enumerate(where.split("'")) if i % 2 == 0)

@@ -118,6 +118,7 @@ def test_readiness_metrics_status_and_reset_while_running(
         assert all(row["error"] is None and row["last_synced_at"] for row in by_name.values())
         assert {row["state"] for row in by_name.values()} <= ({"live"} if target[0] == "-c" else {"running"})
         assert all(0 <= row["lag"] < 60 for row in by_name.values())
+        assert all(row["depends_on"] == [] for row in by_name.values())  # no subquery: nothing moves rows
 
     # reset needs the writer: it refuses while the daemon runs, and says what to do
     refused = replica("reset", "items", "--db", str(db))

@@ -12,6 +12,7 @@ import pytest
 from oracle import expected, local
 
 from replica import Backoff, Replica, Shape
+from replica.cli.status import read_status, render_table
 from replica.testing import FakeElectric, serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -63,3 +64,6 @@ def test_a_subquery_shape_follows_its_memberships(tmp_path: Path, live: str) -> 
         status = replica.status()[0]
     assert status.state == "live"
     assert live == "long-poll" or status.live_mode == "sse"
+    [row] = read_status(db)  # what `replica status` shows: the table whose changes move the rows
+    assert row["depends_on"] == ["memberships"]
+    assert "mine: rows move in and out as memberships change" in render_table([row])

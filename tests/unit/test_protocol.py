@@ -9,6 +9,7 @@ import pytest
 
 from replica.errors import ConfigError, ProtocolError, ServerBusy, ShapeError
 from replica.protocol import Checkpoint, Response, Shape, ShapeLog, wire
+from replica.protocol.shape import subquery_tables
 from replica.typemap.schema import TableSchema
 
 SCHEMA = {"id": {"type": "int4", "pk_index": 0, "not_null": True}, "title": {"type": "text"}}
@@ -303,3 +304,19 @@ def test_ahead_hears_of_a_snapshot_chunk_once_its_headers_are_accepted_and_befor
     typed = ShapeLog(Shape("items", types={"id": "text"}))
     [(_, table)] = heard(typed, ok(typed, big))
     assert table.columns[0].declared_type == "TEXT"  # read with the shape's own column types
+
+
+@pytest.mark.parametrize(("where", "tables"), [
+    ("project_id IN (SELECT project_id FROM memberships WHERE user_id = $1) OR owner = $1", ("memberships",)),
+    ('a IN (select x from public . "Team ""A""" where y IN (SELECT z FROM s2.t3)) AND b IN '
+     '(SELECT x FROM public."Team ""A""")', ('public."Team ""A"""', "s2.t3")),
+    ("(a, b) IN (SELECT x, y FROM pairs)", ("pairs",)),
+    ("note = 'select x from decoys' AND a IN (SELECT id FROM real_one)", ("real_one",)),
+    ("note = 'it''s from here, select'", ()),
+    ("a = 1", ()),
+    (None, ()),
+])
+def test_the_tables_a_subquery_shape_depends_on(where: str | None, tables: tuple[str, ...]) -> None:
+    """``replica status`` names them: their changes move the shape's rows in and out."""
+    assert subquery_tables(where) == tables
+    assert Shape("t", where=where).subquery == bool(tables)
