@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGN_IN = b"<!doctype html><html><head><title>Sign in</title></head><body><form>...</form></body></html>"
@@ -13,23 +13,17 @@ SIGN_IN = b"<!doctype html><html><head><title>Sign in</title></head><body><form>
 
 @contextmanager
 def serve_page(body: bytes = SIGN_IN, content_type: str | None = "text/html; charset=utf-8",
-               status: int = 200, *, headers: Mapping[str, str] | None = None,
-               heard: list[dict[str, str]] | None = None) -> Iterator[tuple[str, list[str]]]:
-    """A web server answering every GET with ``status``, ``content_type``, ``headers`` and ``body``;
-    yields its base URL (``http://127.0.0.1:PORT``, no path) and the request targets it received (and
-    their headers, lower-cased, into ``heard``)."""
+               status: int = 200) -> Iterator[tuple[str, list[str]]]:
+    """A web server answering every GET with ``status``, ``content_type`` and ``body``; yields its
+    base URL (``http://127.0.0.1:PORT``, no path) and the request targets it received."""
     seen: list[str] = []
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.append(self.path)
-            if heard is not None:
-                heard.append({k.lower(): v for k, v in self.headers.items()})
             self.send_response(status)
             if content_type is not None:
                 self.send_header("Content-Type", content_type)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -186,8 +186,8 @@ class _Follower:
         try:
             request = shape_log.probe_request(need) if shape_log is not None else None
             if request is not None and shape_log is not None:
-                response = await http.ask(self.client, session.url, request, headers=await session.headers(),
-                                          params=await session.params(), timeout=session.request_timeout)
+                response = await http.fetch(self.client, session.url, request, headers=await session.headers(),
+                                            params=await session.params(), timeout=session.request_timeout)
                 complete = shape_log.probe_answer(response)
         except (TransientError, ProtocolError, ShapeError) as exc:  # the loop's own requests will meet it too
             log.debug("shape %s: a catch-up for its group failed: %s", self.name, self.session.redact(str(exc)))

@@ -12,7 +12,6 @@ import os
 import socket
 import ssl
 import threading
-import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -28,7 +27,7 @@ from replica.protocol.wire import EVENT_STREAM
 from replica.redaction import has_secret_param, redact_url
 
 __all__ = [
-    "DEFAULT_LIVE_TIMEOUT", "DEFAULT_SSE_SILENCE", "DEFAULT_TIMEOUT", "EventStream", "ask", "fetch", "new_client",
+    "DEFAULT_LIVE_TIMEOUT", "DEFAULT_SSE_SILENCE", "DEFAULT_TIMEOUT", "EventStream", "fetch", "new_client",
     "open_stream", "tls_context",
 ]
 
@@ -117,23 +116,14 @@ def new_client(
     """
     limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4)
     if transport is not None:
-        client = httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=True)
-    else:
-        verify = tls if tls is not None else tls_context()
-        transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
-        pool = getattr(transport, "_pool", None)  # httpx offers no public way to pick the network backend
-        if tuning.large_reads() and isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(
-            pool, "_network_backend"
-        ):
-            pool._network_backend = _LargeReads(pool._network_backend)
-        client = httpx.AsyncClient(transport=transport, verify=verify, limits=limits, follow_redirects=True)
-    _direct[client] = transport
-    return client
-
-
-#: The transport each client of ``new_client`` sends every request through (``ask`` goes straight to it).
-#: Given a transport, httpx mounts none for proxies named in the environment: there is no other route.
-_direct: weakref.WeakKeyDictionary[httpx.AsyncClient, httpx.AsyncBaseTransport] = weakref.WeakKeyDictionary()
+        return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=True)
+    verify = tls if tls is not None else tls_context()
+    own = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+    pool = getattr(own, "_pool", None)  # httpx offers no public way to pick the network backend
+    if tuning.large_reads() and isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
+        pool._network_backend = _LargeReads(pool._network_backend)
+    # verify and limits again: they also configure the transports of proxies named in the environment.
+    return httpx.AsyncClient(transport=own, verify=verify, limits=limits, follow_redirects=True)
 
 
 READ_SIZE = 1020 * 1024  # just under glibc's 1 MiB mmap threshold (replica.tuning): each buffer comes from the heap
@@ -225,39 +215,6 @@ async def fetch(
             # Joined here rather than by reply.aread(): httpx responses sit in reference cycles, and
             # one holding its ~10 MB body would keep it until the cyclic GC runs (RSS grew ~10 MB per chunk).
             body = b"".join([part async for part in reply.aiter_bytes()])
-    except _TRANSLATED as exc:
-        raise _translated(exc, url, timeout) from exc
-    return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, body)
-
-
-async def ask(
-    client: httpx.AsyncClient,
-    url: str,
-    request: Request,
-    *,
-    headers: Mapping[str, str] | None = None,
-    params: Sequence[tuple[str, str]] = (),
-    timeout: float = DEFAULT_TIMEOUT,
-) -> Response:
-    """``fetch`` for a question asked often whose answer is usually tiny (a group's catch-up): the same
-    URL and headers, sent straight to the client's transport. The client's own layers (cookies, auth
-    and redirect flows, event hooks) cost a third of the CPU of such a request (design.md §3c); none
-    of them applies to it. A redirect comes back as the answer, which the caller does not accept."""
-    transport = _direct.get(client)
-    if transport is None:
-        return await fetch(client, url, request, headers=headers, params=params, timeout=timeout)
-    try:
-        base = httpx.URL(url)
-        sent = httpx.Request(
-            "GET", base.copy_with(query=None), params=[*base.params.multi_items(), *request.params, *params],
-            headers={**client.headers, **(headers or {})},
-            extensions={"timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)).as_dict()},
-        )
-        reply = await transport.handle_async_request(sent)
-        try:
-            body = b"".join([part async for part in reply.aiter_bytes()])
-        finally:
-            await reply.aclose()
     except _TRANSLATED as exc:
         raise _translated(exc, url, timeout) from exc
     return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, body)

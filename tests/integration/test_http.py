@@ -1,9 +1,8 @@
-"""The HTTP rim over real loopback sockets: bodies arrive whole, in large reads; `ask` sends what `fetch` sends."""
+"""The HTTP rim over real loopback sockets: bodies arrive whole, in large reads."""
 
 from __future__ import annotations
 
 import asyncio.selector_events
-import gzip
 import http.server
 import threading
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ import anyio
 import httpcore
 import pytest
 from httpcore._backends.anyio import AnyIOStream
-from plainweb import serve_page
 
 from replica import tuning
 from replica.protocol import Request
@@ -91,31 +89,3 @@ def test_a_large_body_arrives_whole_read_in_large_pieces_once_asked(monkeypatch:
     assert received and set(received) == {replica_http.READ_SIZE}, sorted(set(received))
     assert replica_http.READ_SIZE > httpcore.AsyncHTTP11Connection.READ_NUM_BYTES  # larger than httpcore's own
     assert replica_http.READ_SIZE > asyncio.selector_events._SelectorSocketTransport.max_size  # and asyncio's
-
-
-PROBE = Request((("cache-buster", "lsn-7"), ("handle", "h-1"), ("offset", "0_0"), ("table", "t"),
-                 ("where", "id = $1 AND name <> 'a&b'")), False)
-
-
-def test_ask_sends_what_fetch_sends_and_reads_the_same_answer() -> None:
-    """A group's catch-ups skip the client's layers (``ask``): the server must not see the difference —
-    the same target, byte for byte (a caching proxy keys on it), the same headers, and the same
-    decoded answer."""
-    body = b'[{"headers":{"control":"up-to-date","global_last_seen_lsn":"7"}}]'
-
-    async def both(url: str) -> list[Any]:
-        async with replica_http.new_client() as client:
-            assert client in replica_http._direct  # else this compares fetch with itself
-            return [await call(client, f"{url}/v1/shape?source_id=s1", PROBE, headers={"authorization": "Bearer x"},
-                               params=(("secret", "s3"),), timeout=5.0)
-                    for call in (replica_http.fetch, replica_http.ask)]
-
-    heard: list[dict[str, str]] = []
-    with serve_page(gzip.compress(body), "application/json", headers={"content-encoding": "gzip"},
-                    heard=heard) as (url, seen):
-        fetched, asked = anyio.run(both, url)
-    assert asked.status == 200 and asked.body == body
-    assert {**asked.headers, "date": ""} == {**fetched.headers, "date": ""}
-    assert seen[1] == seen[0] and "secret=s3" in seen[0] and "source_id=s1" in seen[0]
-    assert heard[1] == heard[0] and heard[0]["authorization"] == "Bearer x"
-
