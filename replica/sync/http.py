@@ -12,6 +12,8 @@ import os
 import socket
 import ssl
 import threading
+import urllib.request
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -25,6 +27,8 @@ from replica.errors import ConfigError, NetworkError
 from replica.protocol.shapelog import Request, Response
 from replica.protocol.wire import EVENT_STREAM
 from replica.redaction import has_secret_param, redact_url
+from replica.sync.direct import Direct
+from replica.sync.sockets import Tuned
 
 __all__ = [
     "DEFAULT_LIVE_TIMEOUT", "DEFAULT_SSE_SILENCE", "DEFAULT_TIMEOUT", "EventStream", "fetch", "new_client",
@@ -121,70 +125,16 @@ def new_client(
     own = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
     pool = getattr(own, "_pool", None)  # httpx offers no public way to pick the network backend
     if tuning.large_reads() and isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
-        pool._network_backend = _LargeReads(pool._network_backend)
+        pool._network_backend = Tuned(pool._network_backend)
     # verify and limits again: they also configure the transports of proxies named in the environment.
-    return httpx.AsyncClient(transport=own, verify=verify, limits=limits, follow_redirects=True)
+    client = httpx.AsyncClient(transport=own, verify=verify, limits=limits, follow_redirects=True)
+    if isinstance(pool, httpcore.AsyncConnectionPool) and not urllib.request.getproxies():
+        _DIRECT[client] = Direct(client, pool)  # no proxy to route through: fetch may skip httpx's client layer
+    return client
 
 
-READ_SIZE = 1020 * 1024  # just under glibc's 1 MiB mmap threshold (replica.tuning): each buffer comes from the heap
-
-
-class _LargeReads(httpcore.AsyncNetworkBackend):
-    """httpcore's backend, reading plain TCP streams READ_SIZE bytes at a time rather than 64 KiB.
-
-    Only once ``replica.tuning.tune_process()`` asked for it (the CLI and daemon do): it sets
-    private attributes of httpx's transport and asyncio's socket transport.
-
-    A snapshot chunk is ~10 MB, and httpcore, h11 and anyio cost the main thread a fixed amount per
-    read: ~35 ms per chunk in 64 KiB reads, 26-40 ms in the 256 KiB asyncio's transport takes per
-    socket read, 14-24 ms in ~1 MiB ones (so the transport is asked for those too). A read still
-    returns whatever has arrived, so small responses (long-polls) are unchanged. TLS streams keep
-    httpcore's size: a TLS read returns one ≤16 KiB record anyway.
-    """
-
-    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
-        self._backend = backend
-
-    async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _LargeReadStream(await self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.AsyncNetworkStream:
-        return _LargeReadStream(await self._backend.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
-class _LargeReadStream(httpcore.AsyncNetworkStream):
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-        # asyncio's transport reads its socket max_size (256 KiB) at a time; neither httpcore nor
-        # anyio exposes it, so it is set where the attribute is found (asyncio, not trio or TLS).
-        transport: Any = getattr(getattr(stream, "_stream", None), "_transport", None)
-        if isinstance(getattr(transport, "max_size", None), int):
-            transport.max_size = READ_SIZE
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max(max_bytes, READ_SIZE), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        return await self._stream.start_tls(ssl_context, server_hostname, timeout)  # TLS: default read size
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+#: The short path (sync/direct.py) of each client new_client made, when it may take it.
+_DIRECT: weakref.WeakKeyDictionary[httpx.AsyncClient, Direct] = weakref.WeakKeyDictionary()
 
 
 async def fetch(
@@ -199,7 +149,12 @@ async def fetch(
     """GET the shape log with the request's parameters (plus ``params``, e.g. ``secret``)."""
     if timeout is None:
         timeout = DEFAULT_LIVE_TIMEOUT if request.live else DEFAULT_TIMEOUT
+    direct = _DIRECT.get(client)
     try:
+        if direct is not None:
+            answer = await direct.get(url, [*request.params, *params], headers, timeout)
+            if answer is not None:
+                return answer
         # httpx replaces a URL's query with ``params``: keep the URL's own (e.g. ?source_id=…&secret=…)
         base = httpx.URL(url)
         query: list[tuple[str, str | int | float | bool | None]] = [
@@ -220,19 +175,21 @@ async def fetch(
     return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, body)
 
 
-#: The httpx errors that mean something to the sync loop; anything else httpx raises is a bug.
-_TRANSLATED = (httpx.InvalidURL, httpx.TransportError)
+#: The httpx errors that mean something to the sync loop, and httpcore's (the short path's, which
+#: are httpx's before it maps them); anything else they raise is a bug.
+_TRANSLATED = (httpx.InvalidURL, httpx.TransportError, httpcore.NetworkError, httpcore.TimeoutException,
+               httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError)
 
 
 def _translated(exc: Exception, url: str, timeout: float) -> Exception:
-    """The replica error an httpx error of ``_TRANSLATED`` means."""
+    """The replica error an error of ``_TRANSLATED`` means."""
     if isinstance(exc, httpx.InvalidURL):
         return ConfigError(f"url: {exc}")
-    if isinstance(exc, httpx.UnsupportedProtocol):
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpcore.UnsupportedProtocol)):
         return ConfigError(f"url: {exc}; use http:// or https://")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (httpx.TimeoutException, httpcore.TimeoutException)):
         return NetworkError(f"timed out after {timeout:g} s waiting for {redact_url(url)}")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, (httpx.ConnectError, httpcore.ConnectError)):
         return NetworkError(f"cannot connect to {redact_url(url)}: {_connect_failure(exc)}")
     # Connect errors, resets, and bodies cut short (RemoteProtocolError) all mean: resend.
     return NetworkError(f"{type(exc).__name__} talking to {redact_url(url)}: {_safe(exc)}")
@@ -305,7 +262,7 @@ async def open_stream(
         yield stream
 
 
-def _connect_failure(exc: httpx.ConnectError) -> str:
+def _connect_failure(exc: Exception) -> str:
     """Why a connection failed, in words that name the fix (httpx says "All connection attempts failed")."""
     cause: BaseException | None = exc
     while cause is not None:

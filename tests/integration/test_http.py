@@ -17,6 +17,7 @@ from httpcore._backends.anyio import AnyIOStream
 from replica import tuning
 from replica.protocol import Request
 from replica.sync import http as replica_http
+from replica.sync import sockets
 
 BODY = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB, no two reads alike
 
@@ -85,7 +86,7 @@ def test_a_large_body_arrives_whole_read_in_large_pieces_once_asked(monkeypatch:
         assert set(asked) == {httpcore.AsyncHTTP11Connection.READ_NUM_BYTES}, sorted(set(asked))
         assert set(received) == {asyncio.selector_events._SelectorSocketTransport.max_size}, sorted(set(received))
         return
-    assert asked and set(asked) == {replica_http.READ_SIZE}, sorted(set(asked))
-    assert received and set(received) == {replica_http.READ_SIZE}, sorted(set(received))
-    assert replica_http.READ_SIZE > httpcore.AsyncHTTP11Connection.READ_NUM_BYTES  # larger than httpcore's own
-    assert replica_http.READ_SIZE > asyncio.selector_events._SelectorSocketTransport.max_size  # and asyncio's
+    assert asked and set(asked) == {sockets.READ_SIZE}, sorted(set(asked))
+    assert received and set(received) == {sockets.READ_SIZE}, sorted(set(received))
+    assert sockets.READ_SIZE > httpcore.AsyncHTTP11Connection.READ_NUM_BYTES  # larger than httpcore's own
+    assert sockets.READ_SIZE > asyncio.selector_events._SelectorSocketTransport.max_size  # and asyncio's
