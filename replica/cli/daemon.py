@@ -32,6 +32,7 @@ from replica.errors import ConfigError, ReplicaError, ShapeError
 from replica.redaction import Redactor, is_sensitive
 from replica.status import ShapeStatus
 from replica.sync import Replica, SyncEvent
+from replica.sync.http import SHAPE_CONNECTIONS
 
 __all__ = ["Daemon", "notify_systemd", "run_daemon"]
 
@@ -55,6 +56,7 @@ def run_daemon(
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    _check_open_files(len(config.shapes))
     server = None
     if not once or listen is not None:  # --once is for scripts and init containers: no port unless asked
         host, port = listen or config.listen
@@ -74,6 +76,25 @@ def run_daemon(
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+#: Descriptors a daemon holds besides its shapes' sockets: the database and its WAL and shared
+#: memory, the endpoint, the event loop, standard streams, the writer's threads (11 measured).
+OWN_FILES = 32
+
+
+def _check_open_files(shapes: int) -> None:
+    """Warn when the open-files limit (already raised to the hard one) is below what the shapes may hold."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    most = shapes * SHAPE_CONNECTIONS + OWN_FILES  # every shape's loop and a group's catch-up at once
+    if soft != resource.RLIM_INFINITY and soft < most:
+        log.warning("open files: the limit is %d, and %d shapes may hold up to %d descriptors (%d when idle); "
+                    "raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit)",
+                    soft, shapes, most, shapes + OWN_FILES)
 
 
 class Daemon:

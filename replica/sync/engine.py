@@ -88,7 +88,9 @@ async def run_engine(
                       auth.redact, call_store, auth.headers, params, auth.on_unauthorized, config.live,
                       config.sse_silence, config.wrong_url_limit)
     count = len(config.shapes)
-    shared = http.new_client(connections=count, transport=config.transport) if config.transport else None
+    shared = None
+    if config.transport is not None:
+        shared = http.new_client(connections=count * http.SHAPE_CONNECTIONS, transport=config.transport)
     clients = [shared or http.new_client(tls=tls) for _ in config.shapes]
     groups = _groups(config.shapes, session, host)
     try:

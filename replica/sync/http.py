@@ -31,8 +31,8 @@ from replica.sync.direct import Direct
 from replica.sync.sockets import Tuned
 
 __all__ = [
-    "DEFAULT_LIVE_TIMEOUT", "DEFAULT_SSE_SILENCE", "DEFAULT_TIMEOUT", "EventStream", "fetch", "new_client",
-    "open_stream", "tls_context",
+    "DEFAULT_LIVE_TIMEOUT", "DEFAULT_SSE_SILENCE", "DEFAULT_TIMEOUT", "EventStream", "SHAPE_CONNECTIONS", "fetch",
+    "new_client", "open_stream", "tls_context",
 ]
 
 class _RedactSecrets(logging.Filter):
@@ -109,16 +109,24 @@ class _RootsOnFirstUse(ssl.SSLContext):
 _roots_lock = threading.Lock()
 
 
+#: A shape's requests at once: its loop's (a long-poll, a chunk or a held SSE stream), and one
+#: catch-up a consistency group may ask of it beside that (follow._Follower._probe).
+SHAPE_CONNECTIONS = 2
+
+
 def new_client(
-    *, connections: int = 1, tls: ssl.SSLContext | None = None, transport: httpx.AsyncBaseTransport | None = None
+    *, connections: int = SHAPE_CONNECTIONS, tls: ssl.SSLContext | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """An AsyncClient for ``connections`` concurrent requests, TLS verified by default.
+    """An AsyncClient for at most ``connections`` concurrent requests, TLS verified by default.
 
     The sync loop gives each shape its own client: httpcore checks every pooled connection on
     every request, so one pool shared by many long-polling shapes costs CPU that grows with the
     square of their number (measured: ~12 % of a core for 100 idle shapes, mostly that check).
+    A shape sends at most SHAPE_CONNECTIONS requests at once, and keeps one connection open
+    between them: so a process's sockets are bounded by its shapes (docs/design.md §3i).
     """
-    limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, 1))
     if transport is not None:
         return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=True)
     verify = tls if tls is not None else tls_context()

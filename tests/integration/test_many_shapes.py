@@ -5,6 +5,7 @@ arrives, and the daemon's progress lines stay summaries rather than a line per s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from daemonproc import Daemon, free_port
 
 from replica import connect
+from replica.cli.daemon import OWN_FILES
 from replica.testing import FakeElectric, serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -52,6 +54,9 @@ def test_200_shapes_in_one_daemon_reach_live_and_report_correctly(
     assert ready["ready"] is True and ready["not_ready"] == []
     assert sorted(s["name"] for s in ready["shapes"]) == sorted(f"s{i}" for i in range(1, SHAPES + 1))
     assert all(s["ready"] and s["rows"] == 1 for s in ready["shapes"])
+    # one socket per idle shape (its long-poll), and a bounded number of the daemon's own
+    fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+    assert SHAPES < fds <= SHAPES + OWN_FILES, fds
 
     db = tmp_path / "many.db"
     done = subprocess.run([sys.executable, "-m", "replica", "status", "-c", str(tmp_path / "replica.toml"), "--json"],

@@ -130,3 +130,20 @@ def test_the_cli_tunes_its_process(tmp_path: Path) -> None:
         print(json.dumps({"code": code, "counted": apsw.memory_used()}))
     """, tmp_path)
     assert out == {"code": 2, "counted": 0}
+
+
+@pytest.mark.parametrize("limit, warned", [(1024, True), (2 * 500 + 32, False)])
+def test_the_daemon_warns_when_its_shapes_may_exceed_the_open_files_limit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limit: int, warned: bool
+) -> None:
+    import resource
+
+    from replica.cli import daemon
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, limit))
+    with caplog.at_level("WARNING", logger=daemon.log.name):
+        daemon._check_open_files(500)
+    said = [r.getMessage() for r in caplog.records]
+    assert bool(said) is warned, said
+    if warned:
+        assert "the limit is 1024, and 500 shapes may hold up to 1032 descriptors (532 when idle)" in said[0]
