@@ -4,11 +4,14 @@ while a writer changes rows; bounded in time, loopback only. Prints one JSON obj
 
     python scripts/fleet/run.py                 # quick mode: the fake as origin, 50 replicas
     python scripts/fleet/run.py --clients 20 --per-process 5 --changes 40 --faults
+    python scripts/fleet/run.py --origin postgres   # full mode: the Postgres dev server, real changes
 
-Quick mode's origin is FakeElectric in this process (its request log is the origin's load). Each
-number is measured twice in one run, for one replica alone and for the fleet, through fresh proxies:
-the ratio is what the proxy saves, on the same machine under the same load. (The Postgres dev server
-as origin, the issue's full mode, is not written yet.)
+Quick mode's origin is FakeElectric in this process; full mode's is the project's Postgres dev server
+(PostgresElectric) over a throwaway cluster, the writer's changes made in Postgres with SQL
+(scripts/fleet/sources.py). Either runs in this process, and its request log is the origin's load.
+Each number is measured twice in one run, for one replica alone and for the fleet, through fresh
+proxies: the ratio is what the proxy saves, on the same machine under the same load. ``--faults``
+needs quick mode (it gives the fake new handles to imitate an origin restart).
 """
 
 from __future__ import annotations
@@ -19,30 +22,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from harness import Fleet, percentile, shape_of
 from proxy import CachingProxy
+from sources import TABLES, FakeSource, PostgresSource
 
-from replica.testing import FakeElectric, serve
+from replica.testing import serve
 
-TABLES = ("t1", "t2")
-COLUMNS = {"id": {"type": "int8", "pk_index": 0, "not_null": True}, "v": {"type": "int8"}}
-
-
-def build_fake(rows: int) -> FakeElectric:
-    fake = FakeElectric(long_poll_timeout=20.0)
-    for table in TABLES:
-        fake.create_table(table, COLUMNS, [{"id": str(i), "v": "0"} for i in range(1, rows + 1)])
-    return fake
+Source = FakeSource | PostgresSource
 
 
 class Origin:
-    """The fake on a loopback port that stays the same across restarts."""
+    """The origin's service on a loopback port that stays the same across restarts."""
 
-    def __init__(self, fake: FakeElectric) -> None:
+    def __init__(self, fake: Any) -> None:
         import anyio.from_thread
 
         self.fake = fake
@@ -69,7 +65,7 @@ class Origin:
         self._portal_cm.__exit__(None, None, None)
 
 
-def origin_requests(fake: FakeElectric, since: int) -> dict[str, int]:
+def origin_requests(fake: Any, since: int) -> dict[str, int]:
     counts = dict.fromkeys(TABLES, 0)
     for _method, target, _at in fake.requests[since:]:
         table = shape_of(target)
@@ -78,22 +74,22 @@ def origin_requests(fake: FakeElectric, since: int) -> dict[str, int]:
     return counts
 
 
-def write(fake: FakeElectric, fleet: Fleet, changes: int, gap: float, start: int = 0) -> list[float]:
+def write(source: Source, fleet: Fleet, changes: int, gap: float, start: int = 0) -> list[float]:
     """``changes`` single-table updates (t1, t1, t2, t2, …); for each, seconds until every database shows it."""
     lags = []
     for i in range(start, start + changes):
         table = TABLES[i // 2 % 2]
         started = time.time()
-        lsn = fake.update(table, {"id": str(i % 20 + 1), "v": str(i + 1)})
+        lsn = source.update(table, i % 20 + 1, i + 1)
         seen = fleet.wait_visible(table, lsn, timeout=60, since=started)
         lags.append(max(seen.values()) - started)
         time.sleep(gap)
     return lags
 
 
-def converged(fake: FakeElectric, fleet: Fleet) -> bool:
+def converged(source: Source, fleet: Fleet) -> bool:
     for table in TABLES:
-        want = sorted((int(r["id"]), int(r["v"] or 0)) for r in fake.rows(table).values())
+        want = source.rows(table)
         for db in range(fleet.clients):
             if sorted(fleet.rows(db, table)) != want:
                 return False
@@ -110,8 +106,8 @@ def fleet_behind_proxy(origin: Origin, clients: int, per_process: int) -> Iterat
             fleet.close()
 
 
-def measure(clients: int, per_process: int, changes: int, gap: float, rows: int, faults: bool) -> dict[str, Any]:
-    fake = build_fake(rows)
+def measure(source: Source, clients: int, per_process: int, changes: int, gap: float, faults: bool) -> dict[str, Any]:
+    fake = source.service
     origin = Origin(fake)
     try:
         with fleet_behind_proxy(origin, clients, per_process) as (fleet, proxy):
@@ -124,7 +120,7 @@ def measure(clients: int, per_process: int, changes: int, gap: float, rows: int,
             synced_s = time.monotonic() - started
             time.sleep(0.5)
             before = len(fake.requests)
-            lags = write(fake, fleet, changes, gap)
+            lags = write(source, fleet, changes, gap)
             live = origin_requests(fake, before)
             log = proxy.log()
             result: dict[str, Any] = {
@@ -138,32 +134,33 @@ def measure(clients: int, per_process: int, changes: int, gap: float, rows: int,
                 "visible_in_all_p50_s": round(percentile(lags, 50), 3),
                 "visible_in_all_p99_s": round(percentile(lags, 99), 3),
                 "visible_in_all_max_s": round(max(lags), 3),
-                "converged": converged(fake, fleet),
+                "converged": converged(source, fleet),
             }
             if faults:
-                result.update(fault_runs(fake, origin, fleet, proxy, changes, gap))
+                result.update(fault_runs(source, origin, fleet, proxy, changes, gap))
         return result
     finally:
         origin.close()
+        source.close()
 
 
-def fault_runs(fake: FakeElectric, origin: Origin, fleet: Fleet, proxy: CachingProxy, changes: int,
+def fault_runs(source: Source, origin: Origin, fleet: Fleet, proxy: CachingProxy, changes: int,
                gap: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    fake = source.service
     few = max(4, changes // 4)
     # The proxy restarts mid-run: every replica's long-poll breaks; the cache on disk stays.
     before = len(fake.requests)
     down = proxy.restart()
-    lags = write(fake, fleet, few, gap, start=1000)
+    lags = write(source, fleet, few, gap, start=1000)
     out["proxy_restart"] = {"down_s": round(down, 3), "origin_requests": sum(origin_requests(fake, before).values()),
                             "changes": few, "visible_in_all_max_s": round(max(lags), 3),
-                            "converged": converged(fake, fleet)}
+                            "converged": converged(source, fleet)}
     # The origin restarts with new handles: every replica is answered 409 and fetches its shapes again.
     before = len(fake.requests)
     started = time.time()
     origin.stop()
-    for table in TABLES:
-        fake.rotate(table)
+    source.rotate()
     origin.start()
     for table in TABLES:  # every database published the new snapshot
         fleet.wait(lambda t=table: len({r.db for r in fleet.snapshot() if r.table == t and r.refetch
@@ -173,7 +170,7 @@ def fault_runs(fake: FakeElectric, origin: Origin, fleet: Fleet, proxy: CachingP
     statuses = [line.status for line in proxy.log() if line.at >= started]
     out["origin_restart"] = {"refetched_in_s": round(recovered, 2), "origin_requests": sum(counts.values()),
                              "origin_requests_per_shape": round(sum(counts.values()) / len(TABLES), 1),
-                             "answered_409": statuses.count(409), "converged": converged(fake, fleet)}
+                             "answered_409": statuses.count(409), "converged": converged(source, fleet)}
     # Stale cache: replicas that join now are served the old handle's offset=-1 answer (and its chunks)
     # from the proxy (s-maxage=3600): they must reach the new handle through a 409, without a loop (R5).
     before = len(fake.requests)
@@ -182,7 +179,7 @@ def fault_runs(fake: FakeElectric, origin: Origin, fleet: Fleet, proxy: CachingP
         late = Fleet(proxy.url, Path(work), TABLES, clients=5, per_process=5)
         try:
             late.wait_synced(timeout=120)
-            late.wait(lambda: converged(fake, late), 120, "the late replicas to converge")
+            late.wait(lambda: converged(source, late), 120, "the late replicas to converge")
             stale = sum(1 for r in late.snapshot() if r.refetch) - 5 * len(TABLES)  # snapshots published first
             out["stale_cache_late_join"] = {"replicas": 5, "converged_in_s": round(time.monotonic() - started, 2),
                                             "origin_requests": sum(origin_requests(fake, before).values()),
@@ -211,10 +208,26 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200, help="rows per table (default: %(default)s)")
     parser.add_argument("--faults", action="store_true", help="also restart the proxy, then the origin, mid-run")
     parser.add_argument("--table", action="store_true", help="print the README table rows too")
+    parser.add_argument("--origin", choices=["fake", "postgres"], default="fake",
+                        help="fake: quick mode; postgres: the Postgres dev server over a throwaway cluster")
     args = parser.parse_args()
-    one = measure(1, 1, args.changes, args.gap, args.rows, False)
-    many = measure(args.clients, args.per_process, args.changes, args.gap, args.rows, args.faults)
-    report = {"mode": "quick (fake origin)", "one_client": one, "fleet": many,
+    if args.faults and args.origin != "fake":
+        parser.error("--faults needs --origin fake (it gives the fake new handles to imitate an origin restart)")
+    with ExitStack() as stack:
+        if args.origin == "postgres":
+            from replica.testing.postgres.cluster import PgCluster
+
+            cluster = stack.enter_context(PgCluster.start())
+
+            def source() -> Source:
+                return PostgresSource(cluster, args.rows)
+        else:
+            def source() -> Source:
+                return FakeSource(args.rows)
+
+        one = measure(source(), 1, 1, args.changes, args.gap, False)
+        many = measure(source(), args.clients, args.per_process, args.changes, args.gap, args.faults)
+    report = {"mode": FakeSource.mode if args.origin == "fake" else PostgresSource.mode, "one_client": one, "fleet": many,
               "initial_requests_vs_one_client": round(many["initial_origin_requests"] / one["initial_origin_requests"], 2),
               "live_requests_vs_one_client": round(many["origin_requests_per_change_per_shape"]
                                                    / one["origin_requests_per_change_per_shape"], 2),

@@ -106,3 +106,26 @@ def test_a_fleet_behind_nginx_costs_the_origin_one_request_per_change_and_conver
             assert sorted(clients.rows(db, table)) == sorted(want), (db, table)
     hits = [line for line in proxy.log() if not line.origin]
     assert hits, "the proxy never answered from its cache"
+
+
+@pytest.mark.postgres
+def test_the_fleet_benchmark_full_mode_with_the_postgres_dev_server_as_origin() -> None:
+    """scripts/fleet/run.py --origin postgres, small: real Postgres changes through nginx to 5 replicas."""
+    import json
+    import subprocess
+
+    from pg import require_postgres
+
+    _need_nginx()
+    require_postgres()
+    done = subprocess.run([sys.executable, str(FLEET / "run.py"), "--origin", "postgres", "--clients", "5",
+                           "--per-process", "5", "--changes", "6", "--rows", "20"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[0])
+    assert report["mode"] == "full (Postgres dev server origin)"
+    fleet, one = report["fleet"], report["one_client"]
+    assert fleet["converged"] and one["converged"]
+    assert fleet["origin_requests_per_change_per_shape"] <= 1.2, report
+    assert fleet["initial_origin_requests"] <= 1.2 * one["initial_origin_requests"], report
+    assert fleet["cache_hit_ratio"] > 0.5, report
