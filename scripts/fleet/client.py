@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", action="append", required=True, help="a database (one replica each); repeatable")
     parser.add_argument("--table", action="append", required=True, help="a shape (its table); repeatable")
     parser.add_argument("--no-group", action="store_true", help="publish each shape on its own (no R11 group)")
+    parser.add_argument("--live", choices=["long-poll", "sse"], default="long-poll", help="how live changes arrive")
     parser.add_argument("--first", type=int, default=0, help="number of the first --db in the output lines")
     args = parser.parse_args(argv)
     anyio.run(_run, args)
@@ -48,7 +49,7 @@ async def _run(args: argparse.Namespace) -> None:
                 sys.stdout.flush()
         return report
 
-    replicas = [Replica(db, args.url, shapes, process="inline", on_commit=reporter(args.first + i))  # type: ignore[arg-type]
+    replicas = [Replica(db, args.url, shapes, process="inline", live=args.live, on_commit=reporter(args.first + i))  # type: ignore[arg-type]
                 for i, db in enumerate(args.db)]
     async with anyio.create_task_group() as tg:
         for replica in replicas:

@@ -47,7 +47,7 @@ class Fleet:
     """``clients`` replicas of ``tables`` through ``url``, ``per_process`` to a process."""
 
     def __init__(self, url: str, workdir: Path, tables: Sequence[str], *, clients: int, per_process: int = 1,
-                 group: bool = True) -> None:
+                 group: bool = True, live: str = "long-poll") -> None:
         self.url = url
         self.tables = list(tables)
         self.clients = clients
@@ -65,6 +65,7 @@ class Fleet:
                 command += ["--table", table]
             if not group:
                 command.append("--no-group")
+            command += ["--live", live]
             err = workdir / f"client{first:03d}.err"
             self._stderr.append(err)
             with open(err, "w") as stderr:  # the child keeps its own copy of the descriptor

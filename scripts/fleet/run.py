@@ -97,20 +97,22 @@ def converged(source: Source, fleet: Fleet) -> bool:
 
 
 @contextmanager
-def fleet_behind_proxy(origin: Origin, clients: int, per_process: int) -> Iterator[tuple[Fleet, CachingProxy]]:
+def fleet_behind_proxy(origin: Origin, clients: int, per_process: int, live: str = "long-poll"
+                       ) -> Iterator[tuple[Fleet, CachingProxy]]:
     with tempfile.TemporaryDirectory(prefix="fleet-") as work, CachingProxy(origin.address) as proxy:
-        fleet = Fleet(proxy.url, Path(work), TABLES, clients=clients, per_process=per_process)
+        fleet = Fleet(proxy.url, Path(work), TABLES, clients=clients, per_process=per_process, live=live)
         try:
             yield fleet, proxy
         finally:
             fleet.close()
 
 
-def measure(source: Source, clients: int, per_process: int, changes: int, gap: float, faults: bool) -> dict[str, Any]:
+def measure(source: Source, clients: int, per_process: int, changes: int, gap: float, faults: bool,
+            live_mode: str = "long-poll") -> dict[str, Any]:
     fake = source.service
     origin = Origin(fake)
     try:
-        with fleet_behind_proxy(origin, clients, per_process) as (fleet, proxy):
+        with fleet_behind_proxy(origin, clients, per_process, live_mode) as (fleet, proxy):
             before = len(fake.requests)
             started = time.monotonic()
             fleet.wait_synced(timeout=120)
@@ -210,6 +212,8 @@ def main() -> int:
     parser.add_argument("--table", action="store_true", help="print the README table rows too")
     parser.add_argument("--origin", choices=["fake", "postgres"], default="fake",
                         help="fake: quick mode; postgres: the Postgres dev server over a throwaway cluster")
+    parser.add_argument("--live", choices=["long-poll", "sse"], default="long-poll",
+                        help="how the replicas follow live changes (SSE through this proxy: see README)")
     args = parser.parse_args()
     if args.faults and args.origin != "fake":
         parser.error("--faults needs --origin fake (it gives the fake new handles to imitate an origin restart)")
@@ -225,9 +229,9 @@ def main() -> int:
             def source() -> Source:
                 return FakeSource(args.rows)
 
-        one = measure(source(), 1, 1, args.changes, args.gap, False)
-        many = measure(source(), args.clients, args.per_process, args.changes, args.gap, args.faults)
-    report = {"mode": FakeSource.mode if args.origin == "fake" else PostgresSource.mode, "one_client": one, "fleet": many,
+        one = measure(source(), 1, 1, args.changes, args.gap, False, args.live)
+        many = measure(source(), args.clients, args.per_process, args.changes, args.gap, args.faults, args.live)
+    report = {"mode": FakeSource.mode if args.origin == "fake" else PostgresSource.mode, "live": args.live, "one_client": one, "fleet": many,
               "initial_requests_vs_one_client": round(many["initial_origin_requests"] / one["initial_origin_requests"], 2),
               "live_requests_vs_one_client": round(many["origin_requests_per_change_per_shape"]
                                                    / one["origin_requests_per_change_per_shape"], 2),
