@@ -19,6 +19,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from plainweb import running
 
 from replica import tuning
 from replica.errors import NetworkError
@@ -62,16 +63,8 @@ def serving() -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with running(Handler) as url:
+        yield url, seen
 
 
 REQUEST = Request((("handle", "h-1"), ("offset", "0_inf"), ("live", "true"), ("where", "id = $1 AND x <> 'é/&+'")), True)
