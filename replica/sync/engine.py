@@ -91,8 +91,9 @@ async def run_engine(
     shared = None
     if config.transport is not None:
         shared = http.new_client(connections=count * http.SHAPE_CONNECTIONS, transport=config.transport)
-    clients = [shared or http.new_client(tls=tls) for _ in config.shapes]
     groups = _groups(config.shapes, session, host)
+    clients = [shared or http.new_client(tls=tls, keep=http.SHAPE_CONNECTIONS if s.local_name in groups else 1)
+               for s in config.shapes]
     try:
         async with anyio.create_task_group() as coordinators:
             for group in {id(g): g for g in groups.values()}.values():

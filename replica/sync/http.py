@@ -115,7 +115,7 @@ SHAPE_CONNECTIONS = 2
 
 
 def new_client(
-    *, connections: int = SHAPE_CONNECTIONS, tls: ssl.SSLContext | None = None,
+    *, connections: int = SHAPE_CONNECTIONS, keep: int = 1, tls: ssl.SSLContext | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient for at most ``connections`` concurrent requests, TLS verified by default.
@@ -123,10 +123,11 @@ def new_client(
     The sync loop gives each shape its own client: httpcore checks every pooled connection on
     every request, so one pool shared by many long-polling shapes costs CPU that grows with the
     square of their number (measured: ~12 % of a core for 100 idle shapes, mostly that check).
-    A shape sends at most SHAPE_CONNECTIONS requests at once, and keeps one connection open
-    between them: so a process's sockets are bounded by its shapes (docs/design.md §3i).
+    A shape sends at most SHAPE_CONNECTIONS requests at once, and keeps ``keep`` connections open
+    between them: so a process's sockets are bounded by its shapes (docs/design.md §3i). A member of
+    a consistency group keeps two: its catch-ups would otherwise each open a connection.
     """
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, 1))
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, keep))
     if transport is not None:
         return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=True)
     verify = tls if tls is not None else tls_context()
