@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -34,10 +34,11 @@ from replica.redaction import Redactor
 from replica.store import Applied, Pending, Store
 from replica.sync import http
 from replica.sync.backoff import Backoff, parse_retry_after
+from replica.sync.inflight import InFlight
 from replica.sync.stream import LiveMode
 from replica.typemap.schema import TableSchema
 
-__all__ = ["AUTH_RETRY_LIMIT", "WRONG_URL_LIMIT", "Coordinator", "Host", "InFlight", "Session", "follow"]
+__all__ = ["AUTH_RETRY_LIMIT", "WRONG_URL_LIMIT", "Coordinator", "Host", "Session", "follow"]
 
 log = logging.getLogger("replica")
 #: Retries are logged here, so that a host with its own summary of failures (the daemon) can drop them by name.
@@ -49,7 +50,6 @@ QUICK_LIMIT = 5  # long-polls answered at once with nothing, in a row, before ba
 #: (a cache, a portal's first page), three with backoff between them (~1.5 s) are the URL (design.md §9).
 WRONG_URL_LIMIT = 3
 
-T = TypeVar("T")
 UnauthorizedHook = Callable[[int], Mapping[str, str] | None | Awaitable[Mapping[str, str] | None]]
 
 
@@ -58,6 +58,7 @@ class Coordinator(Protocol):
 
     def staged(self, name: str, pending: Pending | None) -> None: ...
     def coming(self, name: str, complete: int) -> None: ...
+    def again(self) -> None: ...
     def up_to_date(self, name: str, complete: int | None, sent: float | None = None) -> None: ...
     def refetching(self, name: str) -> None: ...
     def failed(self, name: str) -> None: ...
@@ -98,33 +99,6 @@ class Session:
     sse_silence: float = http.DEFAULT_SSE_SILENCE  # the SSE watchdog (stream.LiveMode)
     #: Answers that are no shape log, in a row, that stop a shape with no stored position (None: never).
     wrong_url_limit: int | None = WRONG_URL_LIMIT
-
-
-class InFlight(Generic[T]):
-    """One writer step run as a task behind the fetch; ``result`` returns its value or raises its error."""
-
-    def __init__(self) -> None:
-        self._done = anyio.Event()
-        self._outcome: T | BaseException | None = None
-
-    async def run(self, call: Callable[..., Awaitable[T]], *args: Any) -> None:
-        try:
-            self._outcome = await call(*args)
-        except Exception as exc:  # handed to the follow loop, which knows what to do with it
-            self._outcome = exc
-        finally:
-            self._done.set()
-
-    async def result(self) -> T:
-        await self._done.wait()
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        assert self._outcome is not None
-        return self._outcome
-
-    async def settle(self) -> None:
-        """Wait for it to finish; its outcome no longer matters (the loop is already recovering)."""
-        await self._done.wait()
 
 
 async def follow(
@@ -169,6 +143,7 @@ class _Follower:
         self.refresh = False  # a probe asked for a non-live catch-up next
         self.log: ShapeLog | None = None
         self.probing = False
+        self.misses = 0  # catch-ups in a row that got no answer
         self.live = LiveMode(self.name, host, sse=(shape.live or session.live) == wire.LIVE_SSE,
                              silence=session.sse_silence)
         if group is not None:
@@ -181,18 +156,28 @@ class _Follower:
             self.staging.start_soon(self._catch_up, need)
 
     async def _catch_up(self, need: int) -> None:
-        session, shape_log, complete = self.session, self.log, None
+        session, shape_log, complete, response = self.session, self.log, None, None
         sent = time.monotonic()
+        request = shape_log.probe_request(need) if shape_log is not None else None
         try:
-            request = shape_log.probe_request(need) if shape_log is not None else None
-            if request is not None and shape_log is not None:
-                response = await http.fetch(self.client, session.url, request, headers=await session.headers(),
-                                            params=await session.params(), timeout=session.request_timeout)
-                complete = shape_log.probe_answer(response)
-        except (TransientError, ProtocolError, ShapeError) as exc:  # the loop's own requests will meet it too
-            log.debug("shape %s: a catch-up for its group failed: %s", self.name, self.session.redact(str(exc)))
+            try:
+                if request is not None and shape_log is not None:
+                    response = await http.fetch(self.client, session.url, request, headers=await session.headers(),
+                                                params=await session.params(), timeout=session.request_timeout)
+                    complete = shape_log.probe_answer(response)
+            except (TransientError, ProtocolError, ShapeError) as exc:  # the loop's own requests will meet it too
+                log.debug("shape %s: a catch-up for its group failed: %s", self.name, self.session.redact(str(exc)))
+            if request is not None and (response is None or response.status != 200) and self.group is not None:
+                # No answer: the group may have nothing else to wait for (a quiet database), so it asks
+                # again, no sooner than the loop would retry (R5).
+                self.misses += 1
+                busy = None if response is None else parse_retry_after(response.headers.get("retry-after"), time.time())
+                await anyio.sleep(session.backoff.delay(self.misses - 1, busy))
+                self.group.again()
+                return
         finally:
             self.probing = False
+        self.misses = 0
         if complete is not None and self.group is not None and shape_log is self.log:
             self.group.up_to_date(self.name, complete, sent)  # the log did not move: nothing else to do
             return

@@ -176,6 +176,10 @@ class Group:
     def attach(self, name: str, probe: Callable[[int], None]) -> None:
         self.members[name].probe = probe
 
+    def again(self) -> None:
+        """A catch-up got no answer: look again (and ask again if still needed)."""
+        self._nudge()
+
     def poke(self) -> None:
         """Wake the members waiting in ``visible``."""
         self._renew()

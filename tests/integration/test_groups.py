@@ -138,6 +138,20 @@ def test_the_first_visible_state_waits_for_every_member(tmp_path: Path) -> None:
     assert seen_alone == []
 
 
+@pytest.mark.parametrize("fault", [Fault("status", status=503, phase="catchup", times=6),
+                                   Fault("reset", phase="catchup", times=6)], ids=["503", "reset"])
+def test_a_failed_catch_up_is_asked_again(tmp_path: Path, fault: Fault) -> None:
+    """In a quiet database a first sync is published once a catch-up sent after the snapshots settled
+    answers (design.md §3c); nothing else will move the group, so a catch-up that fails must be asked
+    again (after a backoff, R5), not leave the group waiting for a change that may never come."""
+    fake = accounts(long_poll=20.0)
+    fake.faults.add(fault)  # the first requests past the snapshots are the groups' catch-ups
+    db = tmp_path / "g.db"
+    with serve_in_thread(fake) as server, Replica(db, server.url, [Shape("acct_a"), Shape("acct_b")]) as replica:
+        assert replica.wait_until_synced(10), replica.status()
+    assert fake.faults.fired == [fault] * 6
+
+
 def test_a_shape_outside_any_group_publishes_on_its_own(tmp_path: Path) -> None:
     fake = accounts(long_poll=20.0)
     fake.faults.add(Fault("stall", seconds=30.0, phase="initial", times=1))  # the first shape asked waits long
