@@ -192,7 +192,7 @@ def _write(
         txlog.record_snapshot(conn, name, pending.snapshot, now)
     if writable:  # confirmed local writes leave in this very transaction: no flicker (§3i)
         overlay.ensure(conn, name, pending.shape.table, pending.table)
-        outbox.confirm(conn, name, txids, None if pending.refetch else pending.lsn, pending.snapshot)
+        outbox.confirm(conn, name, txids, None if pending.refetch else pending.lsn, pending.snapshot, now)
         overlay.refold(conn, name, pending.table)
     inserted = rows if pending.refetch else tally.counts[wire.INSERT]
     return Applied(

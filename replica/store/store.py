@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from typing import Self, TypeVar
 
@@ -199,9 +199,9 @@ class Store:
             return Pending(stage.refetch, stage.snapshot_lsn, changelog.count(conn, shape.local_name),
                            changelog.lowest(conn, shape.local_name), witness)
 
-    def local_writes(self, action: str, work: Callable[[apsw.Connection], T]) -> T:
-        """Run ``work`` (the outbox's operations: ``store.outbox``) in one transaction of its own."""
-        with self._mutex, self._translate(action), self._transaction():
+    def local_writes(self, action: str, work: Callable[[apsw.Connection], T], write: bool = True) -> T:
+        """Run ``work`` (``store.outbox``'s operations) in one transaction of its own (a read: ``write`` False)."""
+        with self._mutex, self._translate(action), self._transaction() if write else nullcontext():
             return work(self._connection())
 
     def visible(self) -> tuple[list[tuple[int, int | None, str, float]], list[tuple[str, Visibility]]]:

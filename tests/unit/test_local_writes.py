@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -26,6 +27,7 @@ from replica.store import outbox
 from replica.store.store import Store
 
 ITEMS = Shape("items", writable=True)
+SHAPES = {"items": ITEMS}
 SCHEMA: dict[str, Any] = {
     "id": {"type": "int4", "pk_index": 0, "not_null": True},
     "title": {"type": "text"},
@@ -215,18 +217,18 @@ def test_a_batch_keeps_its_name_until_accepted(server: Server) -> None:
     assert isinstance(first, Batch) and first == again and first.batch_id == "b1" and len(first.changes) == 2
     app_writes(server, "UPDATE items SET title = 'c' WHERE id = 1")
     assert server.writes(lambda c: outbox.next_batch(c, "b3")) == first  # later writes wait for the next batch
-    server.writes(lambda c: outbox.accepted(c, "b1", 700))
+    server.writes(lambda c: outbox.accepted(c, "b1", 700, time.time(), SHAPES))
     nxt = server.writes(lambda c: outbox.next_batch(c, "b4"))
     assert nxt is not None and nxt.batch_id == "b4" and [ch.value["title"] for ch in nxt.changes] == ["c"]
     assert server.writes(lambda c: outbox.next_batch(c, "b5")) == nxt
-    server.writes(lambda c: outbox.accepted(c, "b4", 701))
+    server.writes(lambda c: outbox.accepted(c, "b4", 701, time.time(), SHAPES))
     assert server.writes(lambda c: outbox.next_batch(c, "b6")) is None
 
 
 def test_accepted_changes_stay_until_the_publish_with_their_txid_removes_them(server: Server) -> None:
     app_writes(server, "UPDATE items SET title = 'mine' WHERE id = 2")
     server.writes(lambda c: outbox.next_batch(c, "b1"))
-    server.writes(lambda c: outbox.accepted(c, "b1", 900))
+    server.writes(lambda c: outbox.accepted(c, "b1", 900, time.time(), SHAPES))
     server.publish(change("update", 2, txid=899, lsn=10, n="22"))  # someone else's change to the row
     assert read(server) == [(1, "one", 9007199254740993), (2, "mine", 22)]  # local title over the server's row
     server.publish(change("update", 2, txid=900, lsn=11, title="mine"))
@@ -238,7 +240,7 @@ def test_accepted_changes_stay_until_the_publish_with_their_txid_removes_them(se
 def test_a_confirmation_by_lsn_covers_a_change_the_shape_never_carried(server: Server) -> None:
     app_writes(server, "UPDATE items SET title = 'gone soon' WHERE id = 2")
     server.writes(lambda c: outbox.next_batch(c, "b1"))
-    server.writes(lambda c: outbox.accepted(c, "b1", 900))
+    server.writes(lambda c: outbox.accepted(c, "b1", 900, time.time(), SHAPES))
     server.publish(change("delete", 2, txid=900, lsn=10), lsn=10)
     assert read(server) == [(1, "one", 9007199254740993)]
     assert read(server, "SELECT count(*) FROM _replica_outbox") == [(0,)]
@@ -301,3 +303,27 @@ def test_json_of_a_batch(server: Server) -> None:
     batch = server.writes(lambda c: outbox.next_batch(c, "b1"))
     assert batch.to_json() == {"batch_id": "b1",
                                "changes": [{"table": "items", "op": "delete", "key": {"id": 2}, "value": {}}]}
+
+
+def test_a_transaction_that_changed_nothing_is_confirmed_after_the_grace(server: Server) -> None:
+    app_writes(server, "UPDATE items SET title = 'late' WHERE id = 2")
+    server.writes(lambda c: outbox.next_batch(c, "b1"))
+    server.publish(change("delete", 2, txid=800, lsn=10))  # someone deletes the row: the update will change nothing
+    server.writes(lambda c: outbox.accepted(c, "b1", 801, time.time(), SHAPES))
+    server.publish(change("update", 1, txid=802, lsn=12, title="x"))
+    assert read(server, "SELECT count(*) FROM _replica_outbox") == [(1,)]  # maybe not synced yet: kept
+    server.writes(lambda c: outbox.accepted(c, "b1", 801, time.time() - outbox.CONFIRM_GRACE - 1, SHAPES))
+    server.publish(change("update", 1, txid=803, lsn=13, title="y"))
+    assert read(server, "SELECT count(*) FROM _replica_outbox") == [(0,)]
+    assert read(server) == [(1, "y", 9007199254740993)]
+
+
+def test_a_transaction_published_before_its_upload_answered_is_confirmed_at_once(server: Server) -> None:
+    app_writes(server, "UPDATE items SET title = 'quick' WHERE id = 2")
+    server.writes(lambda c: outbox.next_batch(c, "b1"))
+    server.publish(change("update", 2, txid=900, lsn=10, title="quick"))  # the sync beat the upload's answer
+    assert read(server, "SELECT count(*) FROM _replica_outbox") == [(1,)]
+    server.writes(lambda c: outbox.accepted(c, "b1", 900, time.time(), SHAPES))
+    assert read(server, "SELECT count(*) FROM _replica_outbox") == [(0,)]
+    assert read(server, "SELECT count(*) FROM _replica_pending_items") == [(0,)]
+    assert read(server) == [(1, "one", 9007199254740993), (2, "quick", 2)]
