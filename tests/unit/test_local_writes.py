@@ -327,3 +327,16 @@ def test_a_transaction_published_before_its_upload_answered_is_confirmed_at_once
     assert read(server, "SELECT count(*) FROM _replica_outbox") == [(0,)]
     assert read(server, "SELECT count(*) FROM _replica_pending_items") == [(0,)]
     assert read(server) == [(1, "one", 9007199254740993), (2, "quick", 2)]
+
+
+def test_the_daemon_config_names_writable_shapes_and_the_write_endpoint(tmp_path: Path) -> None:
+    from replica.cli.config import parse_config
+
+    raw = {"url": "http://e/v1/shape", "database": "a.db", "shapes": [{"table": "todos", "writable": True}],
+           "writes": {"url": "https://api.example/writes", "headers": {"authorization": "Bearer t"}}}
+    config = parse_config(raw, base=tmp_path, env={})
+    assert config.shapes[0].writable and config.writes_url == "https://api.example/writes"
+    assert config.writes_headers["authorization"].value() == "Bearer t"
+    assert config.writes_headers["authorization"] in config.sources()  # redacted like every credential
+    with pytest.raises(ConfigError, match="writable"):
+        parse_config({**raw, "shapes": [{"table": "todos", "writable": "yes"}]}, base=tmp_path, env={})
