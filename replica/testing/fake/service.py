@@ -66,6 +66,10 @@ class ShapeService:
         #: ``POST /v1/writes`` (local writes), when enabled: ``enable_writes`` (fake/writes.py).
         self.writes: WriteEndpoint | None = None
 
+    def enable_writes(self) -> WriteEndpoint:
+        """Serve ``POST /v1/writes`` (off by default); the endpoint, whose settings tests may change."""
+        raise NotImplementedError
+
     def post_writes(self, body: bytes) -> FakeResponse | None:
         """The answer to ``POST /v1/writes`` with ``body``; None while writes are not enabled (404)."""
         return None if self.writes is None else self.writes.respond(body)

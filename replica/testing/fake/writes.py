@@ -21,7 +21,7 @@ from replica.testing.fake.database import Database
 from replica.testing.fake.responses import CONTENT_TYPE, FakeResponse, json_body
 from replica.typemap.pgtext import to_pg_text
 
-__all__ = ["PATH", "Refused", "WriteEndpoint", "in_memory"]
+__all__ = ["PATH", "Refused", "Unavailable", "WriteEndpoint", "in_memory"]
 
 PATH = "/v1/writes"
 Change = Mapping[str, Any]
@@ -29,6 +29,10 @@ Change = Mapping[str, Any]
 
 class Refused(Exception):
     """The server refuses the batch (a constraint, a bad value): 400 with this message."""
+
+
+class Unavailable(Exception):
+    """The database cannot be reached: 503, the upload is retried."""
 
 
 class WriteEndpoint:
@@ -68,6 +72,8 @@ class WriteEndpoint:
                     self.txids[batch_id] = self._apply(changes)
                 except Refused as exc:
                     return _answer(400, {"message": str(exc)})
+                except Unavailable as exc:
+                    return _answer(503, {"message": str(exc)}, {"retry-after": "1"})
             if self.lose_answers:
                 self.lose_answers -= 1
                 return _answer(503, {"message": "answer lost"})
