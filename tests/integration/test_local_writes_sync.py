@@ -3,6 +3,8 @@ comes back through the shape and leaves the outbox in the same transaction (desi
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -158,3 +160,36 @@ def test_child_process_uploads_writes_of_the_stdlib_sqlite3(server: Server, fake
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
     assert fake.rows("items")['"public"."items"/"2"'] == {"id": "2", "title": "b", "done": "false", "tags": '{p,NULL}'}
+
+
+def test_kill_9_mid_upload_resends_the_same_batch(server: Server, fake: FakeElectric, tmp_path: Path) -> None:
+    """The sync process dies after the server applied a batch and before it noted the txid: the next
+    one sends the same batch_id, the server answers its first txid, nothing is applied twice."""
+    from test_child import children  # the sync processes of this one
+
+    endpoint = fake.enable_writes()
+    db = tmp_path / "app.db"
+    calls: list[str] = []
+
+    def upload(batch: Batch) -> str:
+        calls.append(batch.batch_id)
+        answer = endpoint.respond(replica.protocol.writes.batch_body(batch))
+        if len(calls) == 1:
+            [child] = children(os.getpid())
+            os.kill(child, signal.SIGKILL)
+            time.sleep(0.2)  # dead before it could note the answer
+        return str(answer.json()["txid"])
+
+    with Replica(db, server.url, WRITABLE, process="child", backoff=QUICK, upload=upload) as r:
+        assert r.wait_until_synced(20)
+        with closing(sqlite3.connect(db)) as app:
+            with app:
+                app.execute("UPDATE items SET title = 'after the crash' WHERE id = 1")
+            deadline = time.monotonic() + 30
+            while app.execute("SELECT count(*) FROM _replica_outbox").fetchone() != (0,):
+                assert time.monotonic() < deadline, calls
+                time.sleep(0.05)
+            assert app.execute("SELECT title FROM items WHERE id = 1").fetchone() == ("after the crash",)
+    assert len(calls) >= 2 and set(calls) == {calls[0]}
+    assert endpoint.received == calls and len(endpoint.txids) == 1
+    assert fake.rows("items")['"public"."items"/"1"']["title"] == "after the crash"
