@@ -106,10 +106,13 @@ def refold(conn: apsw.Connection, name: str, schema: TableSchema) -> None:
     pk, names = schema.pk, schema.names
     match = " AND ".join(f"{quote_ident(c)} = ?" for c in pk)
     columns = ", ".join(quote_ident(c) for c in names)
-    # compared in SQL, where the column's affinity applies to the key's JSON value
-    found_key = " AND ".join(f"json_extract(o.\"key\", {_literal(_path(c))}) = {pending}.{quote_ident(c)}" for c in pk)
-    conn.execute(f'DELETE FROM main.{pending} WHERE NOT EXISTS (SELECT 1 FROM "_replica_outbox" AS o '
-                 f'WHERE o."name" = ? AND {found_key})', (name,))
+    # The outbox's keys were read from pending rows by the triggers: stored values, comparable as they are.
+    keys_left = {tuple(json.loads(k).get(c) for c in pk) for k in by_key}
+    pk_list = ", ".join(quote_ident(c) for c in pk)
+    gone = [row for row in conn.execute(f"SELECT {pk_list} FROM main.{pending}") if tuple(row) not in keys_left]
+    if gone:
+        match_pending = " AND ".join(f"{quote_ident(c)} = ?" for c in pk)
+        conn.executemany(f"DELETE FROM main.{pending} WHERE {match_pending}", gone)
     upsert = _upsert_sql("main." + pending, schema)
     decode = _decoders(schema)
     for key_text, changes in by_key.items():
@@ -160,10 +163,6 @@ def _view_sql(name: str, schema: TableSchema) -> str:
             f"FROM {quote_ident(synced_name(name))} AS s WHERE NOT EXISTS (SELECT 1 FROM "
             f"{quote_ident(pending_name(name))} AS p WHERE {match}) UNION ALL SELECT {columns} FROM "
             f"{quote_ident(pending_name(name))} WHERE \"{DELETED}\" = 0")
-
-
-def _path(column: str) -> str:
-    return '$."' + column.replace('"', '\\"') + '"'
 
 
 def _literal(text: str) -> str:

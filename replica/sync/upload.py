@@ -6,8 +6,8 @@ writable and the Replica has an ``upload``. It names the next batch in a transac
 ``batch_id``), hands it to the uploader, and records the outcome: the txid (the batch's changes then
 stay visible until the publish that shows them removes them: ``store.publish``), a rejection (the
 batch is rolled back locally and reported), or a failure (retried with backoff, Retry-After as a
-floor). The app writes from any process or library, unseen: the loop looks at the outbox every
-``POLL`` seconds while idle (an indexed read, no lock held).
+floor). The app writes from any process or library, unseen: every ``POLL`` seconds the loop asks
+SQLite whether anyone committed to the file (``_Watch``), and only then reads the outbox.
 
 The uploader is the app's function (``Replica(upload=fn)``, called in the app's process, also when
 the engine runs in a child) or ``HttpUpload`` (the daemon's ``[writes] url``). Between processes an
@@ -38,7 +38,7 @@ from replica.errors import (
 from replica.protocol import writes
 from replica.protocol.shape import Shape
 from replica.protocol.writes import Batch
-from replica.store import Store, outbox
+from replica.store import Store, connect, outbox
 from replica.sync import http
 from replica.sync.backoff import Backoff, parse_retry_after
 
@@ -46,7 +46,7 @@ __all__ = ["POLL", "HttpUpload", "Outcome", "outcome_of", "raise_outcome", "uplo
 
 log = logging.getLogger("replica.upload")
 
-POLL = 0.1  # seconds between looks at an idle outbox: a local write is on its way within this
+POLL = 0.2  # seconds between looks for a commit to the file: a local write is on its way within this
 Outcome = tuple[str, Any, Any]  # ("txid", txid, None) | ("rejected", message, status) | ("retry", message, retry_after)
 Upload = Callable[[Batch], Awaitable[Outcome | None]]
 
@@ -58,14 +58,45 @@ async def upload_loop(
     """Upload the outbox until cancelled; ``rejected(batch, message)`` hears of each rolled-back batch."""
     writable = {s.local_name: s for s in shapes if s.writable}
     attempt = 0
-    while True:
+    with _Watch(store.path) as watch:
+        while True:
+            if not watch.changed() and attempt == 0:
+                await anyio.sleep(POLL)
+                continue
+            try:
+                attempt = await _step(store, call_store, upload, writable, attempt, backoff, rejected)
+            except StoreError as exc:  # the outbox stays as it was: try again later
+                delay = backoff.delay(attempt)
+                attempt += 1
+                log.warning("uploading local writes: %s; retrying in %.1f s", exc, delay)
+                await anyio.sleep(delay)
+
+
+class _Watch:
+    """Did anyone commit to the file since the last look? ``PRAGMA data_version`` on a read-only
+    connection of its own, asked on the event loop (microseconds, no lock): the outbox is read
+    (through the writer thread) only after a commit, so an idle writable Replica costs ~nothing."""
+
+    def __init__(self, path: str) -> None:
+        self._conn = None if path in ("", ":memory:") else connect(path)
+        self._seen: Any = None
+
+    def changed(self) -> bool:
+        if self._conn is None:
+            return True
         try:
-            attempt = await _step(store, call_store, upload, writable, attempt, backoff, rejected)
-        except StoreError as exc:  # the outbox stays as it was: try again later
-            delay = backoff.delay(attempt)
-            attempt += 1
-            log.warning("uploading local writes: %s; retrying in %.1f s", exc, delay)
-            await anyio.sleep(delay)
+            version = self._conn.pragma("data_version")
+        except Exception:  # an unreadable file: let the store's own read report it
+            return True
+        changed, self._seen = version != self._seen, version
+        return bool(changed)
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 async def _step(
@@ -74,7 +105,6 @@ async def _step(
 ) -> int:
     """One look at the outbox, and one upload if anything waits; the next attempt number."""
     if not await call_store(store.local_writes, "reading the outbox", outbox.waiting, False):
-        await anyio.sleep(POLL)
         return attempt
     batch: Batch | None = await call_store(store.local_writes, "naming an upload batch",
                                            partial(outbox.next_batch, new_id=uuid.uuid4().hex))
