@@ -34,7 +34,7 @@ class Shape:
     how live changes arrive, ``"long-poll"`` or ``"sse"`` (one held Server-Sent Events stream,
     falling back to long-polls where streams fail); None takes the ``Replica``'s ``live``.
     Neither ``types`` nor ``live`` is part of the server-side definition. ``writable``: the local
-    table becomes a view the app may write with plain SQL; its changes are uploaded (design.md §3i).
+    table becomes a view the app may write with plain SQL; its changes are uploaded (design.md §3j).
     """
 
     table: str

@@ -119,7 +119,7 @@ def confirm(
     (a change that matched no row of this shape); or when the published snapshot sees it. A txid
     the server gave as a 32-bit xid matches on its low 32 bits. A transaction that changed no row
     at all (an update of a row deleted meanwhile) has no LSN and appears nowhere: its changes go at
-    the first publish ``CONFIRM_GRACE`` seconds after it was accepted (design.md §3i).
+    the first publish ``CONFIRM_GRACE`` seconds after it was accepted (design.md §3j).
     """
     waiting = {int(t) for (t,) in conn.execute(
         'SELECT DISTINCT "txid" FROM "_replica_outbox" WHERE "name" = ? AND "txid" IS NOT NULL', (name,))}

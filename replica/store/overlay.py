@@ -1,4 +1,4 @@
-"""A writable shape's local table: synced rows overlaid by pending local changes (design.md §3i).
+"""A writable shape's local table: synced rows overlaid by pending local changes (design.md §3j).
 
 For a writable shape ``T`` the synced rows live in ``_replica_synced_T``; ``_replica_pending_T`` holds,
 per primary key with pending changes, the row as those changes leave it (or a tombstone,

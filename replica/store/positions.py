@@ -132,7 +132,7 @@ CREATE TABLE IF NOT EXISTS "_replica_snapshots" (
     "published_at" REAL NOT NULL
 );
 
--- A writable shape's local changes (design.md §3i), one row per change in commit order (seq), written
+-- A writable shape's local changes (design.md §3j), one row per change in commit order (seq), written
 -- by the INSTEAD OF triggers on its view in the app's own transaction: the local table name, the
 -- Postgres table, insert/update/delete, the key and value as JSON. batch_id is given when the change
 -- is first put in an upload batch (kept across retries and restarts), txid and accepted_at when the

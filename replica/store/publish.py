@@ -190,7 +190,7 @@ def _write(
     txids = txlog.publish(conn, name, now, upto)
     if pending.snapshot is not None:
         txlog.record_snapshot(conn, name, pending.snapshot, now)
-    if writable:  # confirmed local writes leave in this very transaction: no flicker (§3i)
+    if writable:  # confirmed local writes leave in this very transaction: no flicker (§3j)
         overlay.ensure(conn, name, pending.shape.table, pending.table)
         outbox.confirm(conn, name, txids, None if pending.refetch else pending.lsn, pending.snapshot, now)
         overlay.refold(conn, name, pending.table)

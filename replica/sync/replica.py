@@ -80,7 +80,7 @@ class Replica:
     ``upload(batch)`` (sync or async): uploads a batch of local writes to writable shapes
     (``Shape(writable=True)``) and returns the Postgres txid that applied it, or raises
     ``WriteRejected``; any other error is retried with backoff. ``on_write_rejected(batch, message)``
-    hears of each batch the server refused, once it is rolled back locally (design.md §3i).
+    hears of each batch the server refused, once it is rolled back locally (design.md §3j).
     ``overrides``: deprecated; give each Shape its ``types`` instead.
     """
 

@@ -1,6 +1,6 @@
 """SQLite values (as a local write's JSON carries them) → Postgres text input: the type map backwards.
 
-A writable shape's outbox sends values as the local table stores them (design.md §3i): a bool as
+A writable shape's outbox sends values as the local table stores them (design.md §3j): a bool as
 1/0, an array as its JSON text, a bytea as ``\\x…``, ±inf as ``Infinity``. A write endpoint that
 inserts through Postgres' text input (the dev servers do) turns each back with ``to_pg_text``,
 given the column's Postgres type and dims from electric-schema. Pure.

@@ -270,7 +270,7 @@ def create_table_sql(local_name: str, schema: TableSchema | Mapping[str, Any]) -
     """
     if not isinstance(schema, TableSchema):
         schema = TableSchema.from_electric(schema)
-    check_table_name(local_name.removeprefix(SYNCED_PREFIX))  # a writable shape's synced rows: design.md §3i
+    check_table_name(local_name.removeprefix(SYNCED_PREFIX))  # a writable shape's synced rows: design.md §3j
     pk = set(schema.pk) if schema.keyed else set()
     parts = [f"{quote_ident(c.name)} {c.declared_type}" + (" NOT NULL" if c.name in pk else "") for c in schema.columns]
     if schema.keyed:

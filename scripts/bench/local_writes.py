@@ -1,4 +1,4 @@
-"""What a writable shape costs next to a plain one (design.md §3i), same run, A/B alternating.
+"""What a writable shape costs next to a plain one (design.md §3j), same run, A/B alternating.
 
 One database holds the same N rows twice: a plain shape's table and a writable shape's view (its synced
 table and pending table). Each round times, on both, a full scan, point lookups by key, and single-row

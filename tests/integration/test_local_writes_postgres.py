@@ -1,5 +1,5 @@
 """Local writes through the Postgres dev server's POST /v1/writes: every type of the type map goes back into
-Postgres exactly, a CHECK violation rejects the batch, and the write returns through the shape (design.md §3i)."""
+Postgres exactly, a CHECK violation rejects the batch, and the write returns through the shape (design.md §3j)."""
 
 from __future__ import annotations
 

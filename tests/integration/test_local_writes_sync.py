@@ -1,5 +1,5 @@
 """Local writes end to end against FakeElectric's POST /v1/writes: a write shows at once, is uploaded,
-comes back through the shape and leaves the outbox in the same transaction (design.md §3i)."""
+comes back through the shape and leaves the outbox in the same transaction (design.md §3j)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A stateful model test of local writes (design.md §3i): ShapeLog × FakeElectric (with POST /v1/writes) × Store,
+"""A stateful model test of local writes (design.md §3j): ShapeLog × FakeElectric (with POST /v1/writes) × Store,
 and an app writing the writable shape's view with plain SQL, with no event loop.
 
 Any interleaving of local writes (inserts, updates, deletes, key changes, multi-row statements), uploads

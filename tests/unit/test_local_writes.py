@@ -1,4 +1,4 @@
-"""Local writes to a writable shape's view (design.md §3i): the triggers, the outbox, confirm and reject.
+"""Local writes to a writable shape's view (design.md §3j): the triggers, the outbox, confirm and reject.
 
 The app's side is the stdlib ``sqlite3`` and SQLAlchemy, never open at the same time as the store's apsw
 connection in this process (two SQLite copies in one process must not overlap: design.md §9).
