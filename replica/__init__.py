@@ -29,6 +29,7 @@ from replica.errors import (
     ShapeError,
     StoreError,
     TransientError,
+    WriteRejected,
 )
 from replica.protocol import Checkpoint, Commit, Shape, ShapeLog
 from replica.status import ShapeStatus
@@ -58,6 +59,7 @@ __all__ = [
     "StoreError",
     "SyncEvent",
     "TransientError",
+    "WriteRejected",
     "__version__",
     "connect",
 ]

@@ -11,7 +11,9 @@
     │   │                header, offset regressed)
     │   └── NotAShapeLog the answer is no shape log at all (a wrong URL, a   → the same; a shape with no stored
     │                    proxy's page): the message names the URL to use       position stops after a few in a row
-    └── StoreError       SQLite failed (wraps apsw errors)                    → back off, rebuild from checkpoint
+    ├── StoreError       SQLite failed (wraps apsw errors)                    → back off, rebuild from checkpoint
+    └── WriteRejected    the server refused a batch of local writes (a 4xx,   → roll the batch back locally,
+                         or an upload function's own verdict)                   report it, go on with the next
 
 Foreign exceptions are translated in exactly two places: ``replica.http`` (httpx) and
 ``replica.store`` (apsw), always chained with ``from``. Cancellation is never wrapped.
@@ -30,6 +32,7 @@ __all__ = [
     "ShapeError",
     "StoreError",
     "TransientError",
+    "WriteRejected",
 ]
 
 
@@ -84,3 +87,13 @@ class NotAShapeLog(ProtocolError):
 
 class StoreError(ReplicaError):
     """SQLite failed. Back off and resume from the last checkpoint (nothing half-written stays)."""
+
+
+class WriteRejected(ReplicaError):
+    """The server (or the ``upload`` function) refused a batch of local writes: replica removes the
+    batch's pending changes, reports it (``on_write_rejected``) and uploads the next batch.
+    ``status``: the HTTP status, when the refusal came from a write endpoint."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

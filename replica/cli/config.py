@@ -129,9 +129,12 @@ class Config:
     path: Path | None = None
     ca_file: Path | None = None
     live: str = "long-poll"  # how shapes without their own ``live`` receive live changes
+    writes_url: str | None = None  # [writes] url: where local writes to writable shapes go
+    writes_headers: Mapping[str, Source] = field(default_factory=dict)
 
     def sources(self) -> list[Source]:
-        return ([self.secret] if self.secret is not None else []) + list(self.headers.values())
+        return ([self.secret] if self.secret is not None else []) + list(self.headers.values()) + list(
+            self.writes_headers.values())
 
 
 def schema() -> dict[str, Any]:
@@ -174,6 +177,7 @@ def parse_config(
                 types=item.get("types", {}),
                 group=_group(item.get("group", DEFAULT_GROUP)),
                 live=item.get("live"),
+                writable=item.get("writable", False),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None  # Shape's messages start with the field name
@@ -199,6 +203,9 @@ def parse_config(
         path=path,
         ca_file=ca_file,
         live=data.get("live", "long-poll"),
+        writes_url=data["writes"]["url"] if "writes" in data else None,
+        writes_headers={name: _source(f"writes.headers.{name}", value, base)
+                        for name, value in data.get("writes", {}).get("headers", {}).items()},
     )
 
 

@@ -33,6 +33,7 @@ from replica.redaction import Redactor, is_sensitive
 from replica.status import ShapeStatus
 from replica.sync import Replica, SyncEvent
 from replica.sync.http import SHAPE_CONNECTIONS
+from replica.sync.upload import HttpUpload
 
 __all__ = ["Daemon", "notify_systemd", "run_daemon"]
 
@@ -128,6 +129,9 @@ class Daemon:
             verify=str(config.ca_file) if config.ca_file is not None else True,
             process="inline",  # the daemon's process is the syncer; nothing else reads the file in it
             live=config.live,
+            upload=None if config.writes_url is None else HttpUpload(
+                config.writes_url, {name: source.value() for name, source in config.writes_headers.items()},
+                verify=str(config.ca_file) if config.ca_file is not None else True),
         )
         self.metrics = Metrics(config.database, self.replica.status, self.ready)
 

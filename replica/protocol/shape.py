@@ -33,7 +33,8 @@ class Shape:
     they publish on their own); ``None`` lets this shape publish on its own. ``live``:
     how live changes arrive, ``"long-poll"`` or ``"sse"`` (one held Server-Sent Events stream,
     falling back to long-polls where streams fail); None takes the ``Replica``'s ``live``.
-    Neither ``types`` nor ``live`` is part of the server-side definition.
+    Neither ``types`` nor ``live`` is part of the server-side definition. ``writable``: the local
+    table becomes a view the app may write with plain SQL; its changes are uploaded (design.md §3j).
     """
 
     table: str
@@ -45,6 +46,7 @@ class Shape:
     types: tuple[tuple[str, str], ...] = ()
     group: str | None = DEFAULT_GROUP
     live: str | None = None
+    writable: bool = False
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class Shape:
         types: Pairs = (),
         group: str | None = DEFAULT_GROUP,
         live: str | None = None,
+        writable: bool = False,
     ) -> None:
         set_ = object.__setattr__  # frozen
         set_(self, "table", table)
@@ -68,6 +71,7 @@ class Shape:
         set_(self, "types", tuple(sorted(_pairs(types))))
         set_(self, "group", group)
         set_(self, "live", live)
+        set_(self, "writable", writable)
         self.validate()
 
     def validate(self) -> None:
@@ -93,6 +97,10 @@ class Shape:
             raise ConfigError(f"live: must be one of {', '.join(wire.LIVE_MODES)}, got {self.live!r}")
         if not self.local_name:
             raise ConfigError("name: the local table name must not be empty")
+        if not isinstance(self.writable, bool):
+            raise ConfigError(f"writable: must be true or false, got {self.writable!r}")
+        if self.writable and self.subquery:
+            raise ConfigError("writable: a shape with a subquery cannot be writable (its rows move in and out)")
         if self.group is not None and (not isinstance(self.group, str) or not self.group.strip()):
             raise ConfigError(f"group: a consistency group is a non-empty name, or None; got {self.group!r}")
 
@@ -127,16 +135,21 @@ class Shape:
         """Canonical text of the server-side definition; a checkpoint is only valid for it (R8).
 
         ``types`` and ``live`` are local (how values are stored, how changes arrive), not part of it.
+        ``writable`` is (only when True, so older checkpoints stay valid): the rows are stored in
+        another table then, so turning it on or off fetches the snapshot again.
         """
         schema, table = wire.parse_table(self.table)
+        text: dict[str, Any] = {
+            "table": [schema, table],
+            "where": self.where,
+            "params": dict(sorted(self.params, key=lambda kv: int(kv[0]))),
+            "columns": list(self.columns) if self.columns is not None else None,
+            "replica": self.replica,
+        }
+        if self.writable:
+            text["writable"] = True
         return json.dumps(
-            {
-                "table": [schema, table],
-                "where": self.where,
-                "params": dict(sorted(self.params, key=lambda kv: int(kv[0]))),
-                "columns": list(self.columns) if self.columns is not None else None,
-                "replica": self.replica,
-            },
+            text,
             sort_keys=True,
             separators=(",", ":"),
         )

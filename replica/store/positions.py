@@ -131,6 +131,27 @@ CREATE TABLE IF NOT EXISTS "_replica_snapshots" (
     "xip_list" TEXT NOT NULL,
     "published_at" REAL NOT NULL
 );
+
+-- A writable shape's local changes (design.md §3j), one row per change in commit order (seq), written
+-- by the INSTEAD OF triggers on its view in the app's own transaction: the local table name, the
+-- Postgres table, insert/update/delete, the key and value as JSON. batch_id is given when the change
+-- is first put in an upload batch (kept across retries and restarts), txid and accepted_at when the
+-- server accepted it; the row goes in the transaction that publishes its txid, or when the server
+-- rejects its batch. error: the batch's last failed upload.
+CREATE TABLE IF NOT EXISTS "_replica_outbox" (
+    "seq" INTEGER PRIMARY KEY,
+    "name" TEXT NOT NULL COLLATE NOCASE,
+    "table" TEXT NOT NULL,
+    "operation" TEXT NOT NULL,
+    "key" TEXT NOT NULL,
+    "value" TEXT NOT NULL,
+    "written_at" REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+    "batch_id" TEXT,
+    "txid" INTEGER,
+    "accepted_at" REAL,
+    "error" TEXT
+);
+CREATE INDEX IF NOT EXISTS "_replica_outbox_name" ON "_replica_outbox" ("name", "seq");
 """
 
 # Columns added since a table was first released: an older database gets them at open.

@@ -29,7 +29,7 @@ from replica.protocol.shapelog import Changes, Commit
 from replica.protocol.snapshot import InsertBody
 from replica.protocol.txids import Visibility
 from replica.status import iso_time
-from replica.store import changelog, positions, snapshots, tables, tags, txlog
+from replica.store import changelog, outbox, overlay, positions, snapshots, tables, tags, txlog
 from replica.typemap.schema import TableSchema, quote_ident
 
 __all__ = ["Applied", "publish", "publish_stage"]
@@ -142,8 +142,18 @@ def _write(
     upto: int | None,
     now: float,
 ) -> Applied:
-    name = pending.shape.local_name
-    exists = tables.table_exists(conn, name)
+    name, writable = pending.shape.local_name, pending.shape.writable
+    if not writable and overlay.is_view(conn, name):  # it was writable: back to a plain table
+        dropped_writes = overlay.drop(conn, name)
+        conn.execute(f"DROP TABLE main.{quote_ident(overlay.synced_name(name))}")
+        if dropped_writes:
+            log.warning("shape %r is no longer writable: %d local changes not uploaded were dropped",
+                        name, dropped_writes)
+    target = overlay.stored_name(name, writable)  # the synced rows' table
+    exists = tables.table_exists(conn, target)
+    if writable and not exists and tables.table_exists(conn, name) and (published is None or
+                                                                        published.definition is None):
+        exists = True  # not replica's table: refused below
     if exists and (published is None or published.definition is None):
         raise ShapeError(
             f"table {name!r} already exists and was not created by replica; "
@@ -152,7 +162,7 @@ def _write(
     if not exists and not pending.refetch:
         raise StoreError(f"table {name!r} disappeared (dropped outside replica?); it will be synced again")
     tally = tables.Tally(keep_keys=not pending.refetch)
-    writer = tables.TableWriter(conn, name, pending.table)
+    writer = tables.TableWriter(conn, target, pending.table)
     dropped: list[str] = []
     if pending.refetch:
         if not snapshots.exists(conn, name):
@@ -162,11 +172,11 @@ def _write(
         snapshots.append(conn, name, own, pending.table, attached, tagged=pending.shape.subquery)  # its last changes
         own = ()
         if exists:
-            dropped = _ensure(conn, name, pending.table, keep_rows=False)
-        snapshots.publish(conn, name, pending.table, replace=exists)
-        writer = tables.TableWriter(conn, name, pending.table)
+            dropped = _ensure(conn, target, pending.table, keep_rows=False)
+        snapshots.publish(conn, name, pending.table, replace=exists, into=target)
+        writer = tables.TableWriter(conn, target, pending.table)
     else:
-        dropped = _ensure(conn, name, pending.table, keep_rows=True)
+        dropped = _ensure(conn, target, pending.table, keep_rows=True)
     rows_of = tags.Tagger(conn, name, pending.table).rows if pending.shape.subquery else tables.plain_rows
     if staged:
         writer.apply(rows_of(changelog.read(conn, name, upto)), tally)
@@ -174,12 +184,16 @@ def _write(
     changes = own.changes() if isinstance(own, InsertBody) else own
     writer.apply(rows_of(changes), tally)
     writer.flush()
-    rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(name)}").fetchone()[0])  # type: ignore[index]
+    rows = int(conn.execute(f"SELECT count(*) FROM main.{quote_ident(target)}").fetchone()[0])  # type: ignore[index]
     remaining = changelog.count(conn, name) if staged else 0
     _record(conn, pending, rows, now, position=remaining == 0)
     txids = txlog.publish(conn, name, now, upto)
     if pending.snapshot is not None:
         txlog.record_snapshot(conn, name, pending.snapshot, now)
+    if writable:  # confirmed local writes leave in this very transaction: no flicker (§3j)
+        overlay.ensure(conn, name, pending.shape.table, pending.table)
+        outbox.confirm(conn, name, txids, None if pending.refetch else pending.lsn, pending.snapshot, now)
+        overlay.refold(conn, name, pending.table)
     inserted = rows if pending.refetch else tally.counts[wire.INSERT]
     return Applied(
         name,

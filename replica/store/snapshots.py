@@ -87,12 +87,14 @@ def append(
     return len(messages)
 
 
-def publish(conn: apsw.Connection, name: str, table: TableSchema, *, replace: bool) -> None:
-    """The staged snapshot becomes the rows of ``name``: renamed (or, small, copied) into place
+def publish(conn: apsw.Connection, name: str, table: TableSchema, *, replace: bool, into: str | None = None) -> None:
+    """The staged snapshot becomes the rows of ``name`` (or of ``into``, a writable shape's synced
+    table): renamed (or, small, copied) into place
     (``replace`` False: the table must not exist), or copied over its rows (``replace`` True: the table has ``table``'s
     layout already). The snapshot table is gone afterwards."""
     snapshot = quote_ident(table_name(name))
-    tags.replace(conn, table_name(name), name)  # a subquery shape's tags (anyone's stale ones go)
+    tags.replace(conn, table_name(name), name)
+    name = into if into is not None else name  # a subquery shape's tags (anyone's stale ones go)
     if replace:
         columns = ", ".join(quote_ident(c) for c in table.names)
         conn.execute(f"DELETE FROM main.{quote_ident(name)}")  # the user's indexes and triggers stay

@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
-from typing import Self
+from typing import Self, TypeVar
 
 import apsw
 
@@ -30,13 +30,14 @@ from replica.protocol.shapelog import Checkpoint, Commit
 from replica.protocol.snapshot import InsertBody
 from replica.protocol.txids import Visibility
 from replica.status import STATES, ShapeStatus
-from replica.store import changelog, positions, snapshots, tables, txlog
+from replica.store import changelog, overlay, positions, snapshots, tables, txlog
 from replica.store.file import StoreLock, describe_apsw_error, make_private, wal_missing
 from replica.store.positions import STATE_SQL
 from replica.store.publish import Applied, publish, publish_stage
 from replica.typemap.schema import TableSchema, check_table_name, fold_ident
 
 __all__ = ["STATE_SQL", "Applied", "Pending", "Store"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,16 +94,12 @@ class Store:
         conn = self._conn = apsw.Connection(self._open_path, flags=flags)
         conn.set_busy_timeout(int(self._busy_timeout * 1000))
         if conn.readonly("main"):  # SQLite opens a write-protected file read-only, silently
-            raise StoreError(
-                f"{self.path} is read-only: make the file, its -wal/-shm files and the directory writable "
-                "by this user (replica writes the database it syncs)"
-            )
+            raise StoreError(f"{self.path} is read-only: make the file, its -wal/-shm files and the directory "
+                             "writable by this user (replica writes the database it syncs)")
         mode = str(conn.pragma("journal_mode", "wal")).lower()
         if mode not in ("wal", "memory"):
-            raise StoreError(
-                f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
-                "use a local filesystem (WAL does not work over network filesystems)"
-            )
+            raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
+                             "use a local filesystem (WAL does not work over network filesystems)")
         conn.pragma("synchronous", "NORMAL")
         fast.register(conn)
 
@@ -128,14 +125,14 @@ class Store:
             published = positions.load_published(conn, name)
             if published is None or published.offset is None or published.definition != definition:
                 return None
-            if not tables.table_exists(conn, name):
+            if not tables.table_exists(conn, overlay.stored_name(name, shape.writable)):
                 return None
             return Checkpoint(published.handle, published.offset, published.cursor, published.schema, up_to_date=True)
 
     def _stage_usable(self, shape: Shape, stage: positions.Stage) -> bool:
         conn, name = self._connection(), shape.local_name
         if not stage.refetch:
-            return tables.table_exists(conn, name)  # else the rows it extends were dropped outside replica
+            return tables.table_exists(conn, overlay.stored_name(name, shape.writable))  # else dropped outside replica
         if stage.schema is None or not snapshots.exists(conn, name):
             return False  # staged by an older replica, or dropped: fetch the snapshot again
         return snapshots.matches(conn, name, TableSchema.from_electric(stage.schema, shape.overrides))
@@ -201,6 +198,11 @@ class Store:
             witness = txlog.first_after(conn, stage.snapshot) if stage.snapshot_lsn is not None else None
             return Pending(stage.refetch, stage.snapshot_lsn, changelog.count(conn, shape.local_name),
                            changelog.lowest(conn, shape.local_name), witness)
+
+    def local_writes(self, action: str, work: Callable[[apsw.Connection], T], write: bool = True) -> T:
+        """Run ``work`` (``store.outbox``'s operations) in one transaction of its own (a read: ``write`` False)."""
+        with self._mutex, self._translate(action), self._transaction() if write else nullcontext():
+            return work(self._connection())
 
     def visible(self) -> tuple[list[tuple[int, int | None, str, float]], list[tuple[str, Visibility]]]:
         """The published transactions kept, and what each published snapshot saw (``txlog``)."""
@@ -348,10 +350,8 @@ class Store:
         check_table_name(shape.local_name)
         other = self._claims.setdefault(fold_ident(shape.local_name), shape)  # SQLite names ignore ASCII case
         if other.definition() != shape.definition():
-            raise ShapeError(
-                f"shapes {_describe(other)} and {_describe(shape)} both target the local table "
-                f"{shape.local_name!r}; give one of them another name"
-            )
+            raise ShapeError(f"shapes {_describe(other)} and {_describe(shape)} both target the local table "
+                             f"{shape.local_name!r}; give one of them another name")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -93,7 +93,7 @@ async def _run_one(config: SyncConfig, parent: Parent, auth: Auth, once: bool) -
         theirs.close()
     channel = Channel(await anyio.abc.UNIXSocketStream.from_socket(ours))
     options = {"once": once, "observe": parent.observing, "redact": auth.redact, "no_waits": Backoff.testing_now(),
-               "on_unauthorized": auth.on_unauthorized is not None,
+               "on_unauthorized": auth.on_unauthorized is not None, "upload": auth.upload is not None,
                "levels": {name: logging.getLogger(name).getEffectiveLevel() for name in _LOGGERS}}
     channel.post("start", config, options)
     outcome: list[Any] = []
@@ -142,6 +142,14 @@ async def _receive(channel: Channel, parent: Parent, auth: Auth, outcome: list[A
 
 
 async def _receive_all(channel: Channel, parent: Parent, auth: Auth, outcome: list[Any]) -> None:
+    async with anyio.create_task_group() as uploads:  # an upload may take long: the rest keeps flowing
+        await _receive_each(channel, parent, auth, outcome, uploads)
+        uploads.cancel_scope.cancel()  # the child is done: nobody waits for an answer
+
+
+async def _receive_each(
+    channel: Channel, parent: Parent, auth: Auth, outcome: list[Any], uploads: anyio.abc.TaskGroup
+) -> None:
     while True:
         try:
             message = await channel.receive()
@@ -161,6 +169,10 @@ async def _receive_all(channel: Channel, parent: Parent, auth: Auth, outcome: li
             parent._published(message[1])
         elif kind == "log":
             _relog(message[1])
+        elif kind == "rejected":
+            parent._rejected(message[1], message[2])
+        elif kind == ASK and message[2] == "upload" and auth.upload is not None:
+            uploads.start_soon(_answer_upload, channel, message[1], auth.upload, message[3])
         elif kind == ASK:
             channel.reply(message[1], await _answer(message, parent, auth))
         elif kind == "failed":
@@ -191,6 +203,10 @@ async def _answer(message: Message, parent: Parent, auth: Auth) -> Any:
     except Exception:  # a hook's bug: the child gets no answer's worth (as a listener's bug inline)
         log.exception("answering the sync process (%s) failed", question)
     return None
+
+
+async def _answer_upload(channel: Channel, number: int, upload: Any, batch: Any) -> None:
+    channel.reply(number, await upload(batch))
 
 
 def _relog(fields: Mapping[str, Any]) -> None:

@@ -28,6 +28,7 @@ from replica.sync import http
 from replica.sync.backoff import Backoff
 from replica.sync.follow import WRONG_URL_LIMIT, Host, Session, UnauthorizedHook, follow
 from replica.sync.group import Group, group_members
+from replica.sync.upload import Upload, upload_loop
 
 __all__ = ["Auth", "SyncConfig", "run_engine"]
 
@@ -59,6 +60,7 @@ class Auth:
     params: Callable[[], Awaitable[list[tuple[str, str]]]]
     on_unauthorized: UnauthorizedHook | None
     redact: Redactor
+    upload: Upload | None = None  # the app's uploader of local writes, as an Outcome (sync/upload.py)
 
 
 async def run_engine(
@@ -98,6 +100,9 @@ async def run_engine(
         async with anyio.create_task_group() as coordinators:
             for group in {id(g): g for g in groups.values()}.values():
                 coordinators.start_soon(group.run)
+            if auth.upload is not None and any(s.writable for s in config.shapes):
+                coordinators.start_soon(upload_loop, store, call_store, auth.upload, config.shapes, config.backoff,
+                                        host._rejected)
             async with anyio.create_task_group() as tg:
                 for shape, client in zip(config.shapes, clients, strict=True):
                     tg.start_soon(partial(follow, session, host, client, shape, once=once,

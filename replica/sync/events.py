@@ -21,6 +21,8 @@ class SyncEvent:
       ``retry``     a failure will be retried: ``error``, ``delay`` (seconds)
       ``state``     the shape's state changed: ``shape`` (its new ShapeStatus, with its error)
       ``fallback``  the shape's SSE streams kept failing; it long-polls from now on: ``error`` (why)
+      ``write_rejected`` the server refused a batch of local writes (rolled back): ``error``; ``name``
+                    is the local table of its first change
     """
 
     kind: str

@@ -30,6 +30,7 @@ from replica.protocol import wire
 from replica.protocol.shape import Shape
 from replica.protocol.shapelog import Checkpoint, Commit, ShapeLog
 from replica.protocol.txids import Visibility
+from replica.protocol.writes import Batch
 from replica.redaction import Redactor
 from replica.store import Applied, Pending, Store
 from replica.sync import http
@@ -78,6 +79,8 @@ class Host(Protocol):
         """What one transaction made visible (before its listeners hear of it, one by one)."""
     def _known(self, txids: list[tuple[int, int | None, str, float]], snapshots: list[tuple[str, Visibility]]) -> None:
         """What the store remembers as visible, at start (``Store.visible``)."""
+    def _rejected(self, batch: Batch, message: str) -> None:
+        """An upload batch the server refused, already rolled back locally (``sync.upload``)."""
 
 
 @dataclass(frozen=True)

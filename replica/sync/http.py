@@ -184,6 +184,18 @@ async def fetch(
     return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, body)
 
 
+async def post_json(
+    client: httpx.AsyncClient, url: str, body: bytes, *, headers: Mapping[str, str], timeout: float = DEFAULT_TIMEOUT,
+) -> Response:
+    """POST a JSON body (an upload of local writes); the answer whole, whatever its status."""
+    try:
+        reply = await client.post(url, content=body, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                                  headers={"content-type": "application/json", **headers})
+    except _TRANSLATED as exc:
+        raise _translated(exc, url, timeout) from exc
+    return Response(reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, reply.content)
+
+
 #: The httpx errors that mean something to the sync loop, and httpcore's (the short path's, which
 #: are httpx's before it maps them); anything else they raise is a bug.
 _TRANSLATED = (httpx.InvalidURL, httpx.TransportError, httpcore.NetworkError, httpcore.TimeoutException,

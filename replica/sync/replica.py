@@ -17,6 +17,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from replica.errors import ConfigError, ShapeError
 from replica.protocol import wire
 from replica.protocol.shape import Shape
 from replica.protocol.txids import Visibility
+from replica.protocol.writes import Batch
 from replica.redaction import Redactor, redact_url
 from replica.status import ShapeStatus
 from replica.store import Applied, Store
@@ -40,6 +42,7 @@ from replica.sync.child import can_run_child, run_child
 from replica.sync.engine import Auth, SyncConfig, run_engine
 from replica.sync.events import SyncEvent
 from replica.sync.follow import WRONG_URL_LIMIT, UnauthorizedHook
+from replica.sync.upload import outcome_of
 from replica.sync.visible import Seen, Visible
 
 __all__ = ["CHILD", "INLINE", "Replica"]
@@ -74,6 +77,10 @@ class Replica:
     ``wrong_url_limit``: a shape with no stored position stops (state ``error``) after this many
     answers in a row that are no shape log (a wrong URL: the error names the right one); None
     retries forever. A shape that synced before always retries (such a page may be a proxy's).
+    ``upload(batch)`` (sync or async): uploads a batch of local writes to writable shapes
+    (``Shape(writable=True)``) and returns the Postgres txid that applied it, or raises
+    ``WriteRejected``; any other error is retried with backoff. ``on_write_rejected(batch, message)``
+    hears of each batch the server refused, once it is rolled back locally (design.md §3j).
     ``overrides``: deprecated; give each Shape its ``types`` instead.
     """
 
@@ -99,6 +106,8 @@ class Replica:
         live: str = wire.LIVE_LONG_POLL,
         sse_silence: float = http.DEFAULT_SSE_SILENCE,
         wrong_url_limit: int | None = WRONG_URL_LIMIT,
+        upload: Callable[[Batch], Any] | None = None,
+        on_write_rejected: Callable[[Batch, str], Any] | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.url = url
@@ -124,6 +133,7 @@ class Replica:
         self._headers = dict(headers or {})
         self._params = dict(params or {})
         self._on_unauthorized = on_unauthorized
+        self._upload, self._on_write_rejected = upload, on_write_rejected
         self._listeners: list[Listener] = [on_commit] if on_commit else []
         self._observer = observer
         self._states = {name: ShapeStatus(name, "stopped") for name in names}
@@ -148,7 +158,8 @@ class Replica:
         """
         self._synced.clear()
         self._up_to_date.clear()
-        auth = Auth(self._request_headers, self._request_params, self._on_unauthorized, self._redact)
+        auth = Auth(self._request_headers, self._request_params, self._on_unauthorized, self._redact,
+                    None if self._upload is None else partial(outcome_of, self._upload))
         try:
             with anyio.CancelScope() as self._cancel:
                 if self.process == CHILD:
@@ -307,6 +318,14 @@ class Replica:
 
     def _known(self, txids: list[tuple[int, int | None, str, float]], snapshots: list[tuple[str, Visibility]]) -> None:
         self._visible.add([(txid, lsn, name) for txid, lsn, name, _at in txids], snapshots)
+
+    def _rejected(self, batch: Batch, message: str) -> None:
+        if self._on_write_rejected is not None:
+            try:
+                self._on_write_rejected(batch, message)
+            except Exception:  # the app's bug must not stop the sync
+                log.exception("on_write_rejected failed")
+        self._observe("write_rejected", batch.changes[0].name if batch.changes else "", error=message)
 
     @property
     def observing(self) -> bool:

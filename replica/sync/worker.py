@@ -68,6 +68,9 @@ class _PipeHost:
     def _known(self, txids: list[tuple[int, int | None, str, float]], snapshots: list[tuple[str, Any]]) -> None:
         self._channel.post("known", txids, snapshots)
 
+    def _rejected(self, batch: Any, message: str) -> None:
+        self._channel.post("rejected", batch, message)
+
 
 class _ForwardLogs(logging.Handler):
     """Log records go to the parent, which hands them to its own logging (its handlers, levels, redaction)."""
@@ -128,7 +131,11 @@ async def _serve(channel: Channel, stack: ExitStack) -> None:
     async def ask_unauthorized(status: int) -> Any:
         return await channel.ask("unauthorized", status)
 
-    auth = Auth(ask_headers, ask_params, ask_unauthorized if options["on_unauthorized"] else None, redact)
+    async def ask_upload(batch: Any) -> Any:
+        return await channel.ask("upload", batch)  # answered in the app's process, by its function
+
+    auth = Auth(ask_headers, ask_params, ask_unauthorized if options["on_unauthorized"] else None, redact,
+                ask_upload if options.get("upload") else None)
     host = _PipeHost(channel, options["observe"])
     signalled: list[str] = []
     async with anyio.create_task_group() as tg:

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--secret", default=None, help="require this secret (?secret=…) like ELECTRIC_SECRET (default: none)")
     run.add_argument("--seed", type=int, default=0, help="seed for the dataset and the server's randomness (default: 0)")
+    run.add_argument("--writes", action="store_true",
+                     help="also serve POST /v1/writes: batches of local writes applied in one transaction each "
+                     "(development and tests only; default: off)")
     return parser
 
 
@@ -101,6 +104,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 secret=args.secret,
                 seed=args.seed,
             )
+        if args.writes:
+            source.enable_writes()
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with serve(source, host=args.host, port=args.port) as server:
                 print(server.url, flush=True)

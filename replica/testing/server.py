@@ -18,6 +18,7 @@ import struct
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -28,6 +29,7 @@ from replica.testing.fake.faults import Fault
 from replica.testing.fake.responses import FakeResponse
 from replica.testing.fake.service import ShapeService
 from replica.testing.fake.sse import StreamCut
+from replica.testing.fake.writes import PATH
 
 __all__ = ["Server", "serve", "serve_in_thread"]
 
@@ -113,13 +115,18 @@ async def _connection(fake: ShapeService, stream: anyio.abc.SocketStream) -> Non
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
-            request = await _read_request(conn, stream)
+            body: list[bytes] = []
+            request = await _read_request(conn, stream, body)
             if request is None:
                 return
             target = request.target.decode("ascii", "replace")
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
             method = request.method.decode("ascii", "replace")
-            response, fault = await fake.exchange(method, target, headers, on_wire=True)
+            written = fake.post_writes(b"".join(body)) if method == "POST" and urlsplit(target).path == PATH else None
+            if written is not None:
+                response, fault = written, None
+            else:
+                response, fault = await fake.exchange(method, target, headers, on_wire=True)
             if not await _write(conn, stream, response, fault):
                 return
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -132,8 +139,8 @@ async def _connection(fake: ShapeService, stream: anyio.abc.SocketStream) -> Non
             await stream.aclose()
 
 
-async def _read_request(conn: h11.Connection, stream: anyio.abc.SocketStream) -> h11.Request | None:
-    """The next request with its (ignored) body read, or None when the client closed."""
+async def _read_request(conn: h11.Connection, stream: anyio.abc.SocketStream, body: list[bytes]) -> h11.Request | None:
+    """The next request with its body read (into ``body``), or None when the client closed."""
     request: h11.Request | None = None
     while True:
         event = conn.next_event()
@@ -149,7 +156,8 @@ async def _read_request(conn: h11.Connection, stream: anyio.abc.SocketStream) ->
             return request
         elif isinstance(event, h11.ConnectionClosed):
             return None
-        # h11.Data: a request body, which the fake does not use
+        elif isinstance(event, h11.Data):  # a request body: only POST /v1/writes reads one
+            body.append(bytes(event.data))
 
 
 async def _write(

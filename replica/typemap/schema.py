@@ -32,6 +32,7 @@ from replica.typemap.values import (
 
 __all__ = [
     "OVERRIDES",
+    "SYNCED_PREFIX",
     "Column",
     "SQLValue",
     "TableSchema",
@@ -269,7 +270,7 @@ def create_table_sql(local_name: str, schema: TableSchema | Mapping[str, Any]) -
     """
     if not isinstance(schema, TableSchema):
         schema = TableSchema.from_electric(schema)
-    check_table_name(local_name)
+    check_table_name(local_name.removeprefix(SYNCED_PREFIX))  # a writable shape's synced rows: design.md §3j
     pk = set(schema.pk) if schema.keyed else set()
     parts = [f"{quote_ident(c.name)} {c.declared_type}" + (" NOT NULL" if c.name in pk else "") for c in schema.columns]
     if schema.keyed:
@@ -290,6 +291,9 @@ def identity_index_sql(local_name: str, schema: TableSchema) -> str | None:
         f"CREATE INDEX IF NOT EXISTS {quote_ident(identity_index_name(local_name))} "
         f"ON {quote_ident(local_name)} ({columns})"
     )
+
+
+SYNCED_PREFIX = "_replica_synced_"
 
 
 def check_table_name(local_name: str) -> None:

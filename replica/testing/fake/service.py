@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from replica.testing.fake import sse
+from replica.testing.fake import sse, writes
 from replica.testing.fake.api import Exchange, ShapeApi, SseHold, transport_fault
 from replica.testing.fake.database import Database, Transaction
 from replica.testing.fake.faults import SSE_FAULTS, Fault, FaultPlan
 from replica.testing.fake.responses import FakeResponse
+from replica.testing.fake.writes import WriteEndpoint
 
 __all__ = ["FakeElectric", "ShapeService"]
 
@@ -62,6 +63,16 @@ class ShapeService:
         self._api.sse_timeout, self._api.keepalive_interval = sse_timeout, keepalive_interval
         self._waiters: set[_Waiter] = set()
         self._waiters_lock = threading.Lock()
+        #: ``POST /v1/writes`` (local writes), when enabled: ``enable_writes`` (fake/writes.py).
+        self.writes: WriteEndpoint | None = None
+
+    def enable_writes(self) -> WriteEndpoint:
+        """Serve ``POST /v1/writes`` (off by default); the endpoint, whose settings tests may change."""
+        raise NotImplementedError
+
+    def post_writes(self, body: bytes) -> FakeResponse | None:
+        """The answer to ``POST /v1/writes`` with ``body``; None while writes are not enabled (404)."""
+        return None if self.writes is None else self.writes.respond(body)
 
     @property
     def long_poll_timeout(self) -> float:
@@ -139,6 +150,10 @@ class ShapeService:
     async def handler(self, request: httpx.Request) -> httpx.Response:
         """An ``httpx.MockTransport`` handler: holds live requests like the real server."""
         target = request.url.raw_path.decode("ascii")
+        if request.method == "POST" and request.url.path == writes.PATH:
+            answer = self.post_writes(await request.aread())
+            if answer is not None:
+                return httpx.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
         response, fault = await self.exchange(request.method, target, dict(request.headers))
         if fault is not None and fault.kind == "stall":
             await anyio.sleep(fault.seconds)
@@ -270,6 +285,11 @@ class FakeElectric(ShapeService):
         db = Database(chunk_bytes=chunk_bytes, seed=seed, start_lsn=start_lsn, clock=time.time)
         super().__init__(db, long_poll_timeout=long_poll_timeout, secret=secret, seed=seed, sse_timeout=sse_timeout,
                          keepalive_interval=keepalive_interval)
+
+    def enable_writes(self) -> WriteEndpoint:
+        """Serve ``POST /v1/writes`` over these tables (off by default); its settings for tests."""
+        self.writes = WriteEndpoint(writes.in_memory(self._db))
+        return self.writes
 
     # --- tables ---
 

@@ -44,8 +44,10 @@ from replica.testing.fake.responses import FakeResponse
 from replica.testing.fake.service import ShapeService
 from replica.testing.fake.shapes import ShapeDef, ShapeLog
 from replica.testing.fake.tables import Row, Table
+from replica.testing.fake.writes import WriteEndpoint
 from replica.testing.postgres.catalog import PgConn, PgTable, Snapshot, ensure_full_identity, read_tables, take_snapshot
 from replica.testing.postgres.decode import RowChange, Transaction, parse_lsn, read_transactions
+from replica.testing.postgres.writes import in_postgres
 
 __all__ = ["PostgresElectric"]
 
@@ -323,13 +325,18 @@ class PostgresElectric(ShapeService):
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
-        self._conn = PgConn(dsn, read_only=True)
+        self._conn, self._dsn = PgConn(dsn, read_only=True), dsn
         db = PgDatabase(self._conn, chunk_bytes=chunk_bytes, start_lsn=0)
         # The slot exists before the first snapshot: the decoder sees every later transaction.
         self._poller = _Poller(dsn, db, poll_interval)
         super().__init__(db, long_poll_timeout=long_poll_timeout, secret=secret, seed=0, sse_timeout=sse_timeout,
                          keepalive_interval=keepalive_interval)
         self._poller.thread.start()
+
+    def enable_writes(self) -> WriteEndpoint:
+        """Serve ``POST /v1/writes`` (off by default): each batch one Postgres transaction (postgres/writes.py)."""
+        self.writes = WriteEndpoint(in_postgres(self._dsn, self._db.find_table))
+        return self.writes
 
     @contextmanager
     def paused(self) -> Iterator[None]:
