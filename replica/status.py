@@ -28,6 +28,7 @@ class ShapeStatus:
     clock was read: ``replica status``). ``live_mode``: how live changes arrive while it runs:
     ``long-poll``, ``sse`` (one held Server-Sent Events stream) or ``sse-fallback`` (SSE was asked
     for, but its streams kept failing, so the shape long-polls; the log said why once).
+    ``write_rejected``: a writable shape's latest rejected upload (the server's message), this run.
     """
 
     name: str
@@ -40,6 +41,7 @@ class ShapeStatus:
     staged: int = 0
     lag: float | None = None
     live_mode: str | None = None
+    write_rejected: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form: ``last_synced_at`` as ISO 8601 UTC text, every other field as it is."""
@@ -54,6 +56,7 @@ class ShapeStatus:
             "error": self.error,
             "staged": self.staged,
             "live_mode": self.live_mode,
+            "write_rejected": self.write_rejected,
         }
 
 

@@ -9,6 +9,9 @@ so they are never stale. Each daemon has its own registry: nothing global, easy 
     replica_http_requests_total{shape,status}     responses by HTTP status
     replica_retries_total{shape}                  failures retried with backoff
     replica_refetches_total{shape}                409 must-refetch (or offset out of bounds): resync from scratch
+    replica_writes_rejected_total{shape}          upload batches of local writes the server rejected (rolled back)
+    replica_writes_pending{shape}                 local writes in the outbox, not yet confirmed (writable shapes)
+    replica_oldest_write_seconds{shape}           age of the oldest of them (absent when none waits)
     replica_seconds_since_up_to_date{shape}       since the shape was last known up to date (absent before)
     replica_shape_rows{shape}                     rows in the local table
     replica_shape_state{shape,state}              1 for the shape's current state
@@ -28,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from replica.status import STATES, ShapeStatus
+from replica.store.file import connect
 from replica.sync.events import SyncEvent
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -57,6 +61,10 @@ class Metrics:
         self.refetches = Counter(
             "replica_refetches", "Shapes restarted by the server (409 must-refetch)", labels, registry=self.registry
         )
+        self.rejected = Counter(
+            "replica_writes_rejected", "Upload batches of local writes the server rejected", labels,
+            registry=self.registry,
+        )
         self.registry.register(_Gauges(db_path, status, ready))
         for state in status():  # every series exists from the start, so rate() works from the first scrape
             self.commits.labels(state.name)
@@ -75,6 +83,8 @@ class Metrics:
             self.retries.labels(name).inc()
         elif event.kind == "refetch":
             self.refetches.labels(name).inc()
+        elif event.kind == "write_rejected":
+            self.rejected.labels(name).inc()
         elif event.kind == "commit" and event.applied is not None and event.applied.published:
             applied = event.applied
             self.commits.labels(name).inc()
@@ -111,6 +121,7 @@ class _Gauges(Collector):
         yield since
         yield rows
         yield state
+        yield from _backlog(self._db, now)
         ready = float(self._ready())
         yield GaugeMetricFamily("replica_ready", "1 when every shape is up to date and none failed", value=ready)
         yield GaugeMetricFamily("replica_database_bytes", "Size of the database file", value=_size(self._db))
@@ -119,6 +130,28 @@ class _Gauges(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # collected lazily: the registry must not call status() at registration
+
+
+def _backlog(db: Path, now: float) -> Iterator[GaugeMetricFamily]:
+    """The outbox per writable shape, read at scrape time (a read-only connection; no writer lock)."""
+    pending = GaugeMetricFamily("replica_writes_pending", "Local writes not yet confirmed", labels=["shape"])
+    oldest = GaugeMetricFamily("replica_oldest_write_seconds", "Age of the oldest local write waiting",
+                               labels=["shape"])
+    try:
+        conn = connect(db)
+    except Exception:  # not created yet: nothing waits
+        return
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_replica_outbox'").fetchall():
+            for name, count, written in conn.execute(
+                'SELECT "name", count(*), min("written_at") FROM "_replica_outbox" GROUP BY "name"'
+            ):
+                pending.add_metric([name], count)
+                oldest.add_metric([name], max(0.0, now - written))
+    finally:
+        conn.close()
+    yield pending
+    yield oldest
 
 
 def _size(path: Path) -> float:

@@ -23,19 +23,22 @@ from typing import Any
 
 from replica.errors import ConfigError, ReplicaError, StoreError
 from replica.protocol.shape import subquery_tables
-from replica.store import Store, positions
+from replica.store import Store, outbox, positions
 from replica.store.file import LOCK_SUFFIX, connect
 
 __all__ = ["FIELDS", "daemon_view", "read_status", "render_table", "reset_shape", "writer_pid"]
 
 FIELDS = ("name", "state", "rows", "handle", "offset", "last_synced_at", "lag", "error", "staged", "live_mode",
-          "depends_on")
+          "write_rejected", "depends_on", "writes_pending", "oldest_write_age", "write_error")
 _MAGIC = b"SQLite format 3\x00"
 
 
 def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One ``ShapeStatus.to_json()`` per shape (keys ``FIELDS``), sorted by name, plus ``depends_on``:
-    the tables a subquery shape's where reads, whose changes move its rows in and out (else ``[]``).
+    the tables a subquery shape's where reads, whose changes move its rows in and out (else ``[]``),
+    and its local writes waiting in the outbox: ``writes_pending`` (changes not yet confirmed),
+    ``oldest_write_age`` (seconds since the oldest was written, None when none waits) and
+    ``write_error`` (why the upload of the oldest batch last failed, if it did).
 
     ``state`` is the stored state when it is an error, else ``running`` while a writer holds the
     database (or the daemon's own state, from ``live``), else ``stopped``. ``lag`` is the seconds
@@ -51,6 +54,8 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
         stored = positions.statuses(conn)
         wheres = {name: json.loads(definition).get("where") if definition else None
                   for name, definition in conn.execute('SELECT "name", "definition" FROM "_replica_shapes"')}
+        has_outbox = conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_replica_outbox'").fetchall()
+        backlogs = {s.name: outbox.summary(conn, s.name) if has_outbox else outbox.Backlog() for s in stored}
     finally:
         conn.close()
     running = writer_pid(db) is not None
@@ -60,15 +65,19 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
         view = (live or {}).get(status.name)
         state, error = status.state, status.error
         lag = None if status.last_synced_at is None else round(max(0.0, now - status.last_synced_at), 3)
-        live_mode = None
+        live_mode = rejected = None
         if view is not None:
             state, error, live_mode = view.get("state", state), view.get("error"), view.get("live_mode")
             up = view.get("last_up_to_date")
             lag = round(now - up, 3) if isinstance(up, (int, float)) else None
+            rejected = view.get("write_rejected")
         elif state != "error":
             state = "running" if running else "stopped"
-        row = replace(status, state=state, error=error, lag=lag, live_mode=live_mode).to_json()
+        row = replace(status, state=state, error=error, lag=lag, live_mode=live_mode, write_rejected=rejected).to_json()
         row["depends_on"] = list(subquery_tables(wheres.get(status.name)))
+        backlog = backlogs[status.name]
+        row["writes_pending"], row["write_error"] = backlog.pending, backlog.error
+        row["oldest_write_age"] = None if backlog.oldest is None else round(max(0.0, now - backlog.oldest), 3)
         result.append(row)
     return result
 
@@ -154,6 +163,12 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         if row["error"]:
             lines.append(f"{row['name']}: {row['error']}")
+        if row.get("writes_pending"):
+            lines.append(f"{row['name']}: {row['writes_pending']} local writes wait to upload, the oldest for "
+                         f"{row['oldest_write_age']:.1f}s" + (f" (last failure: {row['write_error']})"
+                                                             if row.get("write_error") else ""))
+        if row.get("write_rejected"):
+            lines.append(f"{row['name']}: the server rejected a batch of local writes: {row['write_rejected']}")
         if row.get("depends_on"):
             lines.append(f"{row['name']}: rows move in and out as {', '.join(row['depends_on'])} change (a subquery)")
         if row.get("live_mode") == "sse-fallback":

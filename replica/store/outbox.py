@@ -146,6 +146,7 @@ def summary(conn: apsw.Connection, name: str | None = None) -> Backlog:
     where, args = ('WHERE "name" = ?', (name,)) if name is not None else ("", ())
     row = conn.execute(f'SELECT count(*), min("written_at") FROM "_replica_outbox" {where}', args).fetchone()
     count, oldest = row if row is not None else (0, None)
-    error = conn.execute('SELECT "error" FROM "_replica_outbox" WHERE "error" IS NOT NULL ORDER BY "seq" LIMIT 1'
-                         ).fetchone()
+    # The failing batch is the oldest one (batches go in order): its error is the latest failure.
+    error = conn.execute(f'SELECT "error" FROM "_replica_outbox" {where or "WHERE 1"} AND "error" IS NOT NULL '
+                         'ORDER BY "seq" LIMIT 1', args).fetchone()
     return Backlog(int(count), None if oldest is None else float(oldest), None if error is None else str(error[0]))

@@ -325,7 +325,10 @@ class Replica:
                 self._on_write_rejected(batch, message)
             except Exception:  # the app's bug must not stop the sync
                 log.exception("on_write_rejected failed")
-        self._observe("write_rejected", batch.changes[0].name if batch.changes else "", error=message)
+        for name in dict.fromkeys(change.name for change in batch.changes):
+            if name in self._states:
+                self._set(name, write_rejected=message)
+            self._observe("write_rejected", name, error=message)
 
     @property
     def observing(self) -> bool:

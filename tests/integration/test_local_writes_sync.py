@@ -100,6 +100,7 @@ async def test_a_rejected_batch_is_rolled_back_and_reported(fake: FakeElectric, 
         write(db, "UPDATE items SET title = 'bad' WHERE id = 2")
         await until(lambda: bool(rejected))
         assert read(db, "SELECT id, title FROM items ORDER BY id") == [(1, "a"), (2, "b")]
+        assert r.status()[0].write_rejected == "CHECK constraint: title must not be bad"  # and /readyz, status
         write(db, "UPDATE items SET title = 'good' WHERE id = 2")  # the next batch goes through
         await until(lambda: read(db, "SELECT count(*) FROM _replica_outbox") == [(0,)])
     assert rejected[0][1] == "CHECK constraint: title must not be bad"

@@ -340,3 +340,28 @@ def test_the_daemon_config_names_writable_shapes_and_the_write_endpoint(tmp_path
     assert config.writes_headers["authorization"] in config.sources()  # redacted like every credential
     with pytest.raises(ConfigError, match="writable"):
         parse_config({**raw, "shapes": [{"table": "todos", "writable": "yes"}]}, base=tmp_path, env={})
+
+
+def test_replica_status_and_the_metrics_show_what_waits_to_upload(server: Server) -> None:
+    """`replica status` (and `--json`): pending count, oldest age, the last failure; the daemon's metrics
+    the same per shape, read at scrape time."""
+    from replica.cli.metrics import Metrics
+    from replica.cli.status import read_status, render_table
+    from replica.status import ShapeStatus
+    from replica.sync.events import SyncEvent
+
+    [row] = read_status(server.path)
+    assert (row["writes_pending"], row["oldest_write_age"], row["write_error"]) == (0, None, None)
+    app_writes(server, "UPDATE items SET title = 'a' WHERE id = 1", "INSERT INTO items (id) VALUES (7)")
+    server.writes(lambda c: outbox.next_batch(c, "b1"))
+    server.writes(lambda c: outbox.failed(c, "b1", "HTTP 503 from the write endpoint"))
+    [row] = read_status(server.path)
+    assert row["writes_pending"] == 2 and 0 <= row["oldest_write_age"] < 60
+    assert row["write_error"] == "HTTP 503 from the write endpoint"
+    assert "items: 2 local writes wait to upload" in render_table([row]) and "HTTP 503" in render_table([row])
+
+    metrics = Metrics(server.path, lambda: [ShapeStatus("items", "live")], lambda: True)
+    metrics.observe(SyncEvent("write_rejected", "items", error="CHECK constraint"))
+    text = metrics.render().decode()
+    assert 'replica_writes_rejected_total{shape="items"} 1.0' in text
+    assert 'replica_writes_pending{shape="items"} 2.0' in text and 'replica_oldest_write_seconds{shape="items"}' in text
