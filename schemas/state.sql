@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS "_replica_shapes" (
 --   refetch = 0: changes on top of the published rows, in "_replica_staging" below.
 -- A shape of a consistency group stages even what reached up-to-date, until the group publishes
 -- every member at one LSN: snapshot_lsn is then the LSN its snapshot is complete at (the changes
--- after it wait in "_replica_staging"), and xmin/xmax/xip_list what the snapshot saw.
+-- after it wait in "_replica_staging"), and xmin/xmax/xip_list what the snapshot saw. txids_from: the
+-- last "_replica_txids" rowid before a refetch began (a transaction that vouches for its snapshot is
+-- recorded after it; rows from an earlier history, e.g. a database reset, are not).
 CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
     "definition" TEXT NOT NULL,
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "snapshot_lsn" INTEGER,
     "xmin" TEXT,
     "xmax" TEXT,
-    "xip_list" TEXT
+    "xip_list" TEXT,
+    "txids_from" INTEGER
 );
 
 -- The staged changes of a burst in log order (seq), raw as received, with their transaction's

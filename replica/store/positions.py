@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS "_replica_shapes" (
 --   refetch = 0: changes on top of the published rows, in "_replica_staging" below.
 -- A shape of a consistency group stages even what reached up-to-date, until the group publishes
 -- every member at one LSN: snapshot_lsn is then the LSN its snapshot is complete at (the changes
--- after it wait in "_replica_staging"), and xmin/xmax/xip_list what the snapshot saw.
+-- after it wait in "_replica_staging"), and xmin/xmax/xip_list what the snapshot saw. txids_from: the
+-- last "_replica_txids" rowid before a refetch began (a transaction that vouches for its snapshot is
+-- recorded after it; rows from an earlier history, e.g. a database reset, are not).
 CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "name" TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
     "definition" TEXT NOT NULL,
@@ -87,7 +89,8 @@ CREATE TABLE IF NOT EXISTS "_replica_stages" (
     "snapshot_lsn" INTEGER,
     "xmin" TEXT,
     "xmax" TEXT,
-    "xip_list" TEXT
+    "xip_list" TEXT,
+    "txids_from" INTEGER
 );
 
 -- The staged changes of a burst in log order (seq), raw as received, with their transaction's
@@ -156,7 +159,9 @@ CREATE INDEX IF NOT EXISTS "_replica_outbox_name" ON "_replica_outbox" ("name", 
 
 # Columns added since a table was first released: an older database gets them at open.
 _ADDED_COLUMNS = {
-    "_replica_stages": ('"snapshot_lsn" INTEGER', '"xmin" TEXT', '"xmax" TEXT', '"xip_list" TEXT'),
+    "_replica_stages": (
+        '"snapshot_lsn" INTEGER', '"xmin" TEXT', '"xmax" TEXT', '"xip_list" TEXT', '"txids_from" INTEGER'
+    ),
     "_replica_staging": ('"lsn" INTEGER', '"headers" TEXT'),
 }
 
@@ -166,7 +171,8 @@ class Stage:
     """A staging position: where the unfinished snapshot or burst stands, and what it will do.
 
     ``snapshot_lsn``: a consistency group's snapshot that reached up-to-date, complete at this LSN;
-    ``snapshot``: what that snapshot saw (its snapshot-end).
+    ``snapshot``: what that snapshot saw (its snapshot-end); ``txids_from``: a refetch's witnesses
+    (``txlog.first_after``) are the transactions recorded after this ``_replica_txids`` rowid.
     """
 
     definition: str
@@ -178,6 +184,7 @@ class Stage:
     changes: int = 0
     snapshot_lsn: int | None = None
     snapshot: Visibility | None = None
+    txids_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -242,24 +249,25 @@ def load_schema(text: str | None) -> Mapping[str, Any] | None:
 def load_stage(conn: apsw.Connection, name: str) -> Stage | None:
     row = conn.execute(
         'SELECT "definition", "handle", "offset", "cursor", "schema", "refetch", "changes", "snapshot_lsn", '
-        '"xmin", "xmax", "xip_list" FROM "_replica_stages" WHERE "name" = ?',
+        '"xmin", "xmax", "xip_list", "txids_from" FROM "_replica_stages" WHERE "name" = ?',
         (name,),
     ).fetchone()
     if row is None:
         return None
-    definition, handle, offset, cursor, schema, refetch, changes, snapshot_lsn, xmin, xmax, xip = row
+    definition, handle, offset, cursor, schema, refetch, changes, snapshot_lsn, xmin, xmax, xip, txids_from = row
     snapshot = None
     if xmin is not None:
         snapshot = Visibility(int(xmin), int(xmax), frozenset(int(x) for x in json.loads(xip)))
     return Stage(definition, handle, offset, cursor, load_schema(schema), bool(refetch), int(changes),
-                 None if snapshot_lsn is None else int(snapshot_lsn), snapshot)
+                 None if snapshot_lsn is None else int(snapshot_lsn), snapshot, txids_from)
 
 
 def save_stage(conn: apsw.Connection, name: str, stage: Stage) -> None:
     seen = stage.snapshot.to_json() if stage.snapshot is not None else None
     conn.execute(
         'INSERT OR REPLACE INTO "_replica_stages" ("name", "definition", "handle", "offset", "cursor", "schema", '
-        '"refetch", "changes", "snapshot_lsn", "xmin", "xmax", "xip_list") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        '"refetch", "changes", "snapshot_lsn", "xmin", "xmax", "xip_list", "txids_from") '
+        'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
         (
             name,
             stage.definition,
@@ -273,6 +281,7 @@ def save_stage(conn: apsw.Connection, name: str, stage: Stage) -> None:
             seen["xmin"] if seen else None,
             seen["xmax"] if seen else None,
             json.dumps(seen["xip_list"]) if seen else None,
+            stage.txids_from,
         ),
     )
 

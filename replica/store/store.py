@@ -195,7 +195,7 @@ class Store:
             stage = positions.load_stage(conn, shape.local_name)
             if stage is None or stage.definition != shape.definition():
                 return None
-            witness = txlog.first_after(conn, stage.snapshot) if stage.snapshot_lsn is not None else None
+            witness = None if stage.snapshot_lsn is None else txlog.first_after(conn, stage.snapshot, stage.txids_from)
             return Pending(stage.refetch, stage.snapshot_lsn, changelog.count(conn, shape.local_name),
                            changelog.lowest(conn, shape.local_name), witness)
 
@@ -221,7 +221,8 @@ class Store:
             continues = published is not None and published.continued_by(definition, checkpoint.handle)
             refetch = commit.refetch or not continues
             known = published.schema if published is not None and continues else None
-            stage = positions.Stage(definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, known, refetch)
+            stage = positions.Stage(definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, known, refetch,
+                                    txids_from=txlog.last_rowid(conn) if refetch else None)
         schema = checkpoint.schema or stage.schema
         if schema is None:
             raise ProtocolError(f"no electric-schema known for shape {name!r}: cannot stage its changes")
@@ -242,8 +243,7 @@ class Store:
         txlog.stage(conn, name, messages)
         stage = positions.Stage(
             definition, checkpoint.handle, checkpoint.offset, checkpoint.cursor, schema, stage.refetch,
-            stage.changes + added, snapshot_lsn, commit.snapshot or stage.snapshot,
-        )
+            stage.changes + added, snapshot_lsn, commit.snapshot or stage.snapshot, stage.txids_from)
         positions.save_stage(conn, name, stage)
         return Applied(name, rows=rows, staged=stage.changes, lsn=commit.complete)
 

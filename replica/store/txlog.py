@@ -18,7 +18,8 @@ from replica.protocol.messages import Change, Move
 from replica.protocol.txids import Visibility, change_lsn, change_txids
 
 __all__ = [
-    "KEEP_ROWS", "KEEP_SECONDS", "discard", "first_after", "publish", "recent", "record_snapshot", "snapshots", "stage",
+    "KEEP_ROWS", "KEEP_SECONDS", "discard", "first_after", "last_rowid", "publish", "recent", "record_snapshot",
+    "snapshots", "stage",
 ]
 
 KEEP_SECONDS = 600.0
@@ -49,9 +50,11 @@ def publish(conn: apsw.Connection, name: str, now: float, upto: int | None = Non
     return published
 
 
-def first_after(conn: apsw.Connection, seen: Visibility | None) -> int | None:
+def first_after(conn: apsw.Connection, seen: Visibility | None, since: int | None = None) -> int | None:
     """The lowest commit LSN of a recorded transaction (of any shape, staged or published) that began
-    after the snapshot ``seen`` was taken (xid ≥ its ``xmax``); None if none is known yet.
+    after the snapshot ``seen`` was taken (xid ≥ its ``xmax``); None if none is known yet. Only rows
+    recorded after rowid ``since`` count: one recorded before the refetch began cannot have begun
+    after its snapshot, unless it is from another history (the database was reset: its xids restarted).
 
     Such a transaction got its xid after the snapshot, so it committed after every transaction the
     snapshot sees: the snapshot is the state at some LSN below this one (design.md §3c). A 32-bit
@@ -61,12 +64,18 @@ def first_after(conn: apsw.Connection, seen: Visibility | None) -> int | None:
         return None
     low = seen.xmax & 0xFFFFFFFF
     for (lsn,) in conn.execute(
-        'SELECT min("lsn") FROM "_replica_txids" WHERE "lsn" IS NOT NULL AND CASE WHEN "txid" >= 4294967296 '
-        'THEN "txid" >= ? ELSE ("txid" - ? + 4294967296) % 4294967296 < 2147483648 END',
-        (seen.xmax, low),
+        'SELECT min("lsn") FROM "_replica_txids" WHERE rowid > ? AND "lsn" IS NOT NULL AND CASE WHEN '
+        '"txid" >= 4294967296 THEN "txid" >= ? ELSE ("txid" - ? + 4294967296) % 4294967296 < 2147483648 END',
+        (since or 0, seen.xmax, low),
     ):
         return None if lsn is None else int(lsn)
     return None
+
+
+def last_rowid(conn: apsw.Connection) -> int:
+    """Where ``_replica_txids`` ends now (``first_after``'s ``since``)."""
+    row = conn.execute('SELECT coalesce(max(rowid), 0) FROM "_replica_txids"').fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def discard(conn: apsw.Connection, name: str) -> None:
