@@ -93,7 +93,7 @@ def measure(shapes: int, count: int, gap_ms: int, grouped: str, tmp: Path) -> di
     srv = bench.Server([PY, __file__, "server", str(shapes)])
     try:
         url = json.loads(srv.first)["url"]
-        proc = subprocess.Popen([PY, __file__, "client", url, str(tmp / f"{grouped}.db"), str(shapes), grouped,
+        proc = subprocess.Popen([PY, __file__, "client", url, str(tmp / f"{shapes}-{gap_ms}-{grouped}.db"), str(shapes), grouped,
                                  str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert proc.stdout is not None and proc.stdin is not None and srv.proc.stdin is not None
         assert srv.proc.stdout is not None
