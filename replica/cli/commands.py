@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the table from a throwaway Postgres cluster (needs initdb/pg_ctl and the postgres extra) "
         "through the Postgres dev server, and make the changes with SQL",
     )
+    demo.add_argument(
+        "--writes",
+        action="store_true",
+        help="show local writes instead: the daemon with 'items' writable, a write with sqlite3 shown at once, "
+        "uploaded to the fake's write endpoint and back through the shape, and one queued while the endpoint is down",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -290,6 +296,8 @@ def _cmd_reset(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from replica.cli.demo import run_demo
 
+    if args.writes:
+        return run_demo(args.db, writes=True)
     if not args.postgres:
         return run_demo(args.db)
     try:

@@ -26,14 +26,20 @@ __all__ = ["run_demo"]
 
 
 def run_demo(
-    db_path: str | Path = "demo.db", *, out: TextIO = sys.stdout, timeout: float = 20.0, postgres: bool = False
+    db_path: str | Path = "demo.db", *, out: TextIO = sys.stdout, timeout: float = 20.0, postgres: bool = False,
+    writes: bool = False,
 ) -> int:
     """``postgres``: serve the sample table from a throwaway Postgres cluster (the Postgres dev
-    server, replica.testing.pgserver) and make the live changes with SQL, instead of the fake."""
+    server, replica.testing.pgserver) and make the live changes with SQL, instead of the fake.
+    ``writes``: show local writes instead (``demo_writes``)."""
     db = Path(db_path)
     for suffix in ("", "-wal", "-shm"):  # the fake is new each run, so start the copy afresh too
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     say = _printer(out)
+    if writes:
+        from replica.cli.demo_writes import run_writes_demo
+
+        return run_writes_demo(db, say, lambda predicate: _wait(predicate, timeout))
     if postgres:
         from replica.testing.postgres.demo import postgres_source  # needs psycopg: the postgres extra
 

@@ -21,3 +21,16 @@ def test_demo_syncs_and_shows_live_changes(tmp_path: Path) -> None:
     for change in ("insert item 1001", "rename item 1", "delete item 2"):
         assert f"{change} on the server → visible in" in out
     assert "exit 0" in out and db.exists()
+
+
+def test_demo_writes_shows_a_local_write_uploaded_and_one_queued_while_the_endpoint_is_down(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    done = subprocess.run([sys.executable, "-m", "replica", "demo", "--writes", "--db", str(db)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "read back at once: [(1, 'written locally')]; waiting in _replica_outbox: 1" in out
+    assert "confirmed by the synced row after" in out and "the outbox is empty" in out
+    assert "read back at once: [(1002, 'written offline')]" in out
+    assert "1 local write waits to upload, last failure: the write endpoint answered 503" in out
+    assert "the queued write reached the server and came back" in out and "exit 0" in out
