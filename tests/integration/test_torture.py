@@ -19,19 +19,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def torture(script: str, *args: str, timeout: float) -> tuple[dict[str, int], str]:
+    """Run scripts/torture/<script> with ``args``: its summary line's counts, and the line."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "torture" / script), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip().splitlines()[-1]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}, line
+
+
 @pytest.mark.integration
 @pytest.mark.guarantee("R1")
 @pytest.mark.guarantee("R3")
 @pytest.mark.guarantee("R9")
 def test_kill9_torture_short(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "torture" / "kill9.py"), "--kills", "20", "--seed", "3",
-         "--rows", "2000", "--time-limit", "50", "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = done.stdout.strip().splitlines()[-1]
-    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    counts, line = torture("kill9.py", "--kills", "20", "--seed", "3", "--rows", "2000", "--time-limit", "50",
+                           "--workdir", str(tmp_path), timeout=90)
     assert counts["kills"] == 20 and counts["restarts"] == 21, line
     assert counts["integrity_checks"] >= 21 and "converged=yes" in line, line
     assert counts["final_rows"] > 0 and counts["mutations"] > 0, line
@@ -46,12 +49,19 @@ def test_kill9_torture_of_a_consistency_group_short(tmp_path: Path) -> None:
     """scripts/torture/groups.py: `replica run` with two shapes in one group, killed with SIGKILL at random
     moments while amounts move between the tables: never half a transfer visible, the group's LSN never
     goes back, and the last run converges."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "torture" / "groups.py"), "--kills", "12", "--seed", "5",
-         "--time-limit", "60", "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = done.stdout.strip().splitlines()[-1]
-    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    counts, line = torture("groups.py", "--kills", "12", "--seed", "5", "--time-limit", "60", "--workdir", str(tmp_path),
+                           timeout=120)
     assert counts["kills"] == 12 and counts["both_visible"] >= 6 and "converged=yes" in line, line
+
+
+@pytest.mark.integration
+@pytest.mark.guarantee("R1")
+def test_kill9_torture_of_local_writes_short(tmp_path: Path) -> None:
+    """scripts/torture/writes.py: `replica run` with a writable shape, killed with SIGKILL at random moments
+    while an app writes through the view and the write endpoint loses answers: no committed local write
+    lost, none sent under two batch_ids or applied twice, the view shows the app's last writes, and the
+    last run uploads everything and converges."""
+    counts, line = torture("writes.py", "--kills", "12", "--seed", "4", "--time-limit", "90", "--workdir", str(tmp_path),
+                           timeout=150)
+    assert counts["kills"] == 12 and counts["checks"] == 12 and "converged=yes" in line, line
+    assert counts["writes"] > 50 and counts["batches"] > 1, line
