@@ -81,3 +81,36 @@ def test_a_check_violation_rejects_and_a_write_made_while_the_server_is_down_goe
     assert "todos_title_check" in rejected[0]
     assert sql(pg_dsn, "SELECT id, title, done FROM todos ORDER BY id") == [(1, "one", False), (2, "offline", False)]
     assert len(endpoint.txids) == 1
+
+
+def test_writes_made_while_the_server_is_stopped_are_uploaded_once_it_runs_again(pg_dsn: str, tmp_path: Path) -> None:
+    """Offline for real: the dev server stops (connections refused, for the shape and the uploads alike),
+    the app keeps writing and reading its writes, and once the server listens again on the same port
+    everything goes up in order, once."""
+    sql(pg_dsn, "CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    sql(pg_dsn, "INSERT INTO notes VALUES (1, 'synced')")
+    db = tmp_path / "app.db"
+    with PostgresElectric(pg_dsn, long_poll_timeout=2.0) as source:
+        endpoint = source.enable_writes()
+        with serve_in_thread(source) as server:
+            port, url, writes = server.port, server.url, server.base_url + "/v1/writes"
+            replica = Replica(db, url, Shape("notes", writable=True), process="child", upload=HttpUpload(writes))
+            replica.start()
+            assert replica.wait_until_synced(30), replica.status()
+        try:
+            with closing(sqlite3.connect(db)) as app:
+                for n in range(2, 5):
+                    with app:
+                        app.execute("INSERT INTO notes (id, body) VALUES (?, ?)", (n, f"offline {n}"))
+                with app:
+                    app.execute("UPDATE notes SET body = 'edited offline' WHERE id = 2")
+                wait_for(lambda: replica.status()[0].state == "offline", 30, "the replica to notice")
+                assert app.execute("SELECT id, body FROM notes ORDER BY id").fetchall() == [
+                    (1, "synced"), (2, "edited offline"), (3, "offline 3"), (4, "offline 4")]
+            with serve_in_thread(source, port=port):
+                wait_for(lambda: outbox_empty(db), 60, "the queued writes once the server is back")
+        finally:
+            replica.stop()
+    assert sql(pg_dsn, "SELECT id, body FROM notes ORDER BY id") == [
+        (1, "synced"), (2, "edited offline"), (3, "offline 3"), (4, "offline 4")]
+    assert len(endpoint.received) == len(set(endpoint.received)) == len(endpoint.txids)  # no batch twice
