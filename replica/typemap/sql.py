@@ -27,6 +27,7 @@ from replica.typemap.values import BOOL_TYPES, FLOAT_TYPES, INT_TYPES, JSON_TYPE
 
 __all__ = [
     "CONVERT_FUNCTION",
+    "any_miss_sql",
     "attached_name",
     "attached_select",
     "bulk_select_sql",
@@ -210,20 +211,26 @@ def bulk_select_sql(schema: TableSchema, key: str = "", defer: bool = False) -> 
     )
 
 
-def misses_sql(column: int) -> str:
-    """One JSON text listing the misses of column ``column`` in table ``rows``: [[rowid, text], …]
+def misses_sql(column: int, table: str = "rows") -> str:
+    """One JSON text listing the misses of column ``column`` in ``table``: [[rowid, text], …]
     (one statement, so reading them takes the GIL once)."""
     pairs = f"json_group_array(json_array(rowid, CAST(c{column} AS TEXT)))"
-    return f"SELECT {pairs} FROM rows WHERE typeof(c{column}) = 'blob'"
+    return f"SELECT {pairs} FROM {table} WHERE typeof(c{column}) = 'blob'"
 
 
-def resolve_sql(column: int, real: bool) -> str:
-    """UPDATE filling column ``column`` of table ``rows`` from ``?1``, a JSON text [[rowid, value], …]
+def any_miss_sql(columns: list[int], table: str = "rows") -> str:
+    """Whether any of ``columns`` of ``table`` holds a miss: one scan, where a scan per column found none."""
+    misses = " OR ".join(f"typeof(c{i}) = 'blob'" for i in columns)
+    return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {misses})"
+
+
+def resolve_sql(column: int, real: bool, table: str = "rows") -> str:
+    """UPDATE filling column ``column`` of ``table`` from ``?1``, a JSON text [[rowid, value], …]
     of converted misses. ``real``: the column's values may be infinite, sent as "Infinity"/"-Infinity"."""
     value = "r.value ->> 1"
     if real:
         value = f"CASE {value} WHEN 'Infinity' THEN 9e999 WHEN '-Infinity' THEN -9e999 ELSE {value} END"
-    return f"UPDATE rows SET c{column} = {value} FROM json_each(?1) AS r WHERE rows.rowid = r.value ->> 0"
+    return f"UPDATE {table} AS t SET c{column} = {value} FROM json_each(?1) AS r WHERE t.rowid = r.value ->> 0"
 
 
 def attached_name(part: int) -> str:
@@ -231,8 +238,8 @@ def attached_name(part: int) -> str:
     return f"replica_scratch{part}"
 
 
-def attached_select(width: int, key: str, schema_name: str) -> str:
-    """``bulk_select_sql``'s result for rows already converted into the attached database ``schema_name``
-    (``replica.fast``), in log order."""
+def attached_select(width: int, key: str, schema_name: str, table: str = "rows") -> str:
+    """``bulk_select_sql``'s result for rows already converted into ``schema_name.table`` (the attached
+    database of a part converted ahead, or the writer's own temporary table: ``replica.fast``), in log order."""
     columns = ", ".join(f"s.c{i}" for i in range(width))
-    return f"SELECT {key}{columns} FROM {schema_name}.rows AS s WHERE true ORDER BY s.rowid"
+    return f"SELECT {key}{columns} FROM {schema_name}.{table} AS s WHERE true ORDER BY s.rowid"

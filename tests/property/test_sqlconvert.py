@@ -102,6 +102,7 @@ SCHEMA = {
     "id": {"type": "int8", "pk_index": 0, "not_null": True}, "name": {"type": "text"}, "flag": {"type": "bool"},
     "amount": {"type": "numeric"}, "at": {"type": "timestamptz"}, "score": {"type": "float8"},
     "tags": {"type": "text", "dims": 1}, "doc": {"type": "jsonb"}, "odd name ü": {"type": "int4"},
+    "counts": {"type": "int4", "dims": 1}, "blob": {"type": "bytea"},
 }
 _cell = {
     "name": st.one_of(st.none(), st.text(max_size=8)), "flag": st.sampled_from([None, "t", "f", "true", "false"]),
@@ -112,6 +113,9 @@ _cell = {
                       st.just('{"a b",NULL}')),
     "doc": st.sampled_from([None, '{"a": [1, 2]}', "[]", '"x"']),
     "odd name ü": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1).map(str)),
+    # Canonical forms SQL converts itself, and forms it leaves to Python (misses: 01, nested, quoted).
+    "counts": st.sampled_from([None, "{}", "{1,NULL,-3}", "{01,2}", "{{1,2},{3,4}}", '{"7"}', "{NULL}"]),
+    "blob": st.sampled_from([None, "\\x", "\\x0aFF", "\\x00"]),
 }
 rows = st.lists(st.fixed_dictionaries(_cell), min_size=100, max_size=140)
 
@@ -144,8 +148,8 @@ def snapshot(db: str, values: list[dict[str, str | None]], whole: bool, last: in
             converted = workers.start(given.body, TableSchema.from_electric(SCHEMA)) if ahead else None
             store.apply(Commit(shape, given, checkpoint, up_to_date), converted)
         table = store.connection.execute(
-            'SELECT typeof(id), id, name, flag, amount, "at", typeof(score), quote(score), tags, doc, "odd name ü" '
-            "FROM items ORDER BY id"
+            'SELECT typeof(id), id, name, flag, amount, "at", typeof(score), quote(score), tags, doc, "odd name ü", '
+            "counts, typeof(blob), quote(blob) FROM items ORDER BY id"
         ).fetchall()
     workers.close()
     return table
@@ -168,10 +172,39 @@ def test_bulk_snapshot_equals_python_snapshot(
         assert snapshot(str(folder / "ahead.db"), values, True, existing=existing, ahead=True) == python
 
 
+@settings(deadline=None, max_examples=10, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(values=rows)
+def test_the_writers_own_route_calls_no_python_per_value(
+    tmp_path_factory: pytest.TempPathFactory, bulk_calls: list[tuple[bool, int]], values: list[dict]
+) -> None:
+    """A body nobody converted ahead is converted by the writer as the workers do: the forms SQL
+    leaves to Python (offsets, quoted or nested arrays, 01) are resolved per column in one batch,
+    and SQLite never calls the Python converter per value (each such call waited for the GIL)."""
+    # An escaped NUL sends its body the Python way (test_an_escaped_nul_takes_the_python_path).
+    values = [{"id": str(i), **v, "name": (v["name"] or "").replace("\x00", "")} for i, v in enumerate(values)]
+    values[0].update({"at": "2024-01-02 03:04:05.123+05:30", "tags": '{"a b",NULL}', "counts": "{01,2}"})
+    folder = tmp_path_factory.mktemp("writer")
+    python = snapshot(str(folder / "python.db"), values, False)
+    calls: list[str | None] = []
+    real = sqlconvert.convert_by_spec
+
+    def counted(spec: str, text: str | None) -> Any:
+        calls.append(text)
+        return real(spec, text)
+
+    bulk_calls.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlconvert, "convert_by_spec", counted)  # what the store registers with SQLite
+        assert snapshot(str(folder / "bulk.db"), values, True) == python
+    assert bulk_calls == [(True, 0)] * 2  # the SQL route, not converted ahead
+    assert calls == []
+
+
 def plain_rows(count: int, at: str) -> list[dict[str, str | None]]:
     """``count`` rows of SCHEMA's columns in their everyday forms (the bulk path's fast paths)."""
     return [{"id": str(i), "name": f"n{i}", "flag": "t", "amount": "1.00", "at": at, "score": "1.5",
-             "tags": "{a,b}", "doc": "{}", "odd name ü": "7"} for i in range(count)]
+             "tags": "{a,b}", "doc": "{}", "odd name ü": "7", "counts": "{1,2}", "blob": "\\x0a"} for i in range(count)]
 
 
 @pytest.mark.parametrize("ahead", [False, True], ids=["converted by the writer", "converted ahead"])
