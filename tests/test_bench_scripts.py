@@ -90,3 +90,17 @@ def test_replica_and_every_ceiling_variant_write_the_same_table(dataset: str, tm
         assert len(got) == len(expected), variant
         for mine, theirs in zip(expected, got, strict=True):
             assert mine == theirs, (variant, [(n, a, b) for n, a, b in zip(names, mine[::2], theirs[::2], strict=True) if a != b])
+
+
+def test_later_pairs_run_only_the_ceiling_variants_in_contention() -> None:
+    import run
+
+    first = {"jsonb+sql+ahead": 400_000, "jsonb+sql": 210_000, "msgspec+json": 200_000, "json+rows": 60_000,
+             "best": "jsonb+sql+ahead"}
+    assert run.contenders(first) == ["jsonb+sql+ahead", "jsonb+sql", "msgspec+json"]  # 200k is half of 400k: in
+
+
+def test_the_stages_script_finds_every_step_it_times() -> None:
+    """stages.py wraps functions by name; a rename elsewhere would break it only when someone measures."""
+    code = "import stages; stages.instrument()"
+    subprocess.run([sys.executable, "-c", code], cwd=BENCH, check=True, timeout=60)
