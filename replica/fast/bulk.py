@@ -30,7 +30,7 @@ _REFUSALS = (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, ValueError
              OverflowError)
 
 
-_ROWS = "_replica_converted"  # the writer's own conversion of a body: a temporary table, dropped before the step commits
+_ROWS = "_replica_converted"  # the writer's own conversion of a body: a TEMP table, dropped before the step commits
 
 
 class _Mismatch(ValueError):
