@@ -18,7 +18,7 @@ from replica.protocol import wire
 from replica.testing.fake.shapes import ShapeDef, ShapeLog, change_messages, parse_columns, resolver
 from replica.testing.fake.tables import Row, Table
 
-__all__ = ["Change", "Database", "Transaction", "append_transaction"]
+__all__ = ["Change", "Database", "Transaction", "append_transaction", "subquery_transaction"]
 
 Change = tuple[Table, Row | None, Row | None]
 
@@ -33,7 +33,7 @@ def append_transaction(
     logs = list(logs)
     for log in logs:
         if log.moves is not None:
-            _subquery_transaction(log, changes, txid, lsn)
+            subquery_transaction(log, changes, txid, lsn)
     logs = [log for log in logs if log.moves is None]
     for index, (table, old, new) in zip(indexes or range(len(changes)), changes, strict=True):
         for log in logs:
@@ -51,16 +51,20 @@ def append_transaction(
             log.append(wire.Offset(lsn, position), message)
 
 
-def _subquery_transaction(log: ShapeLog, changes: Sequence[Change], txid: int, lsn: int) -> None:
+def subquery_transaction(
+    log: ShapeLog, changes: Sequence[Change], txid: int, lsn: int, rows: Iterable[Row] | None = None
+) -> None:
     """A subquery shape's part of a transaction: its root table's changes (with tags), then the moves
-    the transaction made in any table it reads (``fake.subquery``), in Electric's order."""
+    the transaction made in any table it reads (``fake.subquery``), in Electric's order. ``rows``:
+    the root table's rows after the transaction (default: the fake's own table's)."""
     assert log.moves is not None
     table, full = log.table, log.definition.replica == wire.REPLICA_FULL
     own: list[dict[str, Any]] = []
     for changed, old, new in changes:
-        if changed is table:
+        if [changed.schema, changed.name] == log.relation:
             own.extend(log.moves.change(table, old, new, full, log.columns))
-    moves = log.moves.moves(table, table.rows.values(), lambda row: log.project(table, row, snapshot=True))
+    rows = table.rows.values() if rows is None else rows
+    moves = log.moves.moves(table, rows, lambda row: log.project(table, row, snapshot=True))
     position = 0
     for n, message in enumerate(own):
         message["headers"].update(relation=log.relation, txids=[txid], lsn=str(lsn), op_position=position)

@@ -156,7 +156,7 @@ class PgTable(Table):
         return self._compiled[key]
 
     def _compile(self, where: str, params: Sequence[str]) -> Callable[[Row], bool]:
-        check_where_text(where)
+        subqueries = check_where_text(where)
         try:
             with self._conn.lock:
                 cursor = self._conn.connection().execute(
@@ -167,6 +167,10 @@ class PgTable(Table):
             raise WhereError(_pg_message(exc)) from None
         if len(description) != 1 or description[0].type_code != BOOL_OID:
             raise WhereError("WHERE clause must return a boolean")
+        if subqueries:
+            from replica.testing.postgres.subquery import check_subqueries  # pglast: only for subquery shapes
+
+            check_subqueries(where)
         names = list(self.columns)
         first = len(params) + 1
         values = ", ".join(f"${first + i}::{self.sqltypes[c]}" for i, c in enumerate(names))
@@ -281,22 +285,23 @@ def take_snapshot(
 _LEXEME = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--|/\*|\$\$|[();]|[A-Za-z_][A-Za-z0-9_$]*|.""", re.DOTALL)
 
 
-def check_where_text(where: str) -> None:
+def check_where_text(where: str) -> bool:
     """Refuse what a single boolean expression cannot contain, before Postgres sees it: statement
-    or parenthesis breaks (``1=1) OR (…``, ``;``), comments and dollar quotes that would hide them,
-    and subqueries (Electric's subquery shapes need move-in/move-out, which this server lacks)."""
+    or parenthesis breaks (``1=1) OR (…``, ``;``), comments and dollar quotes that would hide them.
+    True when it has a subquery (``subquery.check_subqueries`` then checks its form)."""
     depth = 0
+    subqueries = False
     for match in _LEXEME.finditer(where):
         token = match.group(0)
         if token in ("--", "/*", "$$", ";"):
             raise WhereError(f"At location {match.start()}: {token!r} is not allowed in a where clause")
-        if token.lower() == "select":
-            raise WhereError(f"At location {match.start()}: subqueries are not supported by the Postgres dev server")
+        subqueries |= token.lower() == "select"
         depth += {"(": 1, ")": -1}.get(token, 0)
         if depth < 0:
             raise WhereError(f"At location {match.start()}: unbalanced parentheses")
     if depth != 0:
         raise WhereError("unbalanced parentheses")
+    return subqueries
 
 
 def _pg_message(exc: psycopg.Error) -> str:

@@ -43,10 +43,13 @@ from replica.testing.fake.faults import Fault
 from replica.testing.fake.responses import FakeResponse
 from replica.testing.fake.service import ShapeService
 from replica.testing.fake.shapes import ShapeDef, ShapeLog
-from replica.testing.fake.tables import Row, Table
+from replica.testing.fake.subquery import has_subquery
+from replica.testing.fake.tables import Table
 from replica.testing.fake.writes import WriteEndpoint
+from replica.testing.postgres import subshape
 from replica.testing.postgres.catalog import PgConn, PgTable, Snapshot, ensure_full_identity, read_tables, take_snapshot
-from replica.testing.postgres.decode import RowChange, Transaction, parse_lsn, read_transactions
+from replica.testing.postgres.decode import Transaction, fit_rows, parse_lsn, read_transactions
+from replica.testing.postgres.subquery import Subqueries
 from replica.testing.postgres.writes import in_postgres
 
 __all__ = ["PostgresElectric"]
@@ -72,10 +75,23 @@ class PgShapeLog(ShapeLog):
         self.generation = generation
         self._conn = conn
         self._visible: Snapshot | None = None
+        #: A subquery shape's judge and copies of the tables it reads (``subquery.py``); None for a plain shape.
+        self.subqueries: Subqueries | None = None
         super().__init__(definition, handle, table, chunk_bytes=chunk_bytes, snapshot_xid=0)
+
+    @property
+    def reads(self) -> set[tuple[str, str]]:
+        """The tables whose changes this shape takes: its own, and those its subqueries read."""
+        return self.subqueries.relations if self.subqueries is not None else {(self.table.schema, self.table.name)}
+
+    def read_tables(self) -> list[PgTable]:
+        return list(self.subqueries.tables.values()) if self.subqueries is not None else [self.table]
 
     def _take_snapshot(self, table: Table, xid: int) -> list[list[bytes]]:
         assert isinstance(table, PgTable)
+        if has_subquery(self.definition.where):
+            self._visible, chunks = subshape.snapshot(self, table, self._conn)
+            return chunks
         wanted = set(self.columns) | set(table.pk)
         columns = [c for c in table.columns if c in wanted]
         with_rows = self.definition.log == wire.LOG_FULL
@@ -155,7 +171,8 @@ class PgDatabase(Database):
         """(generation, oids, names) of the tables with shapes: what the poller decodes and checks."""
         with self.lock:
             logs = self._logs()
-            return self.generation, sorted({s.table.oid for s in logs}), {(s.table.schema, s.table.name) for s in logs}
+            return (self.generation, sorted({t.oid for s in logs for t in s.read_tables()}),
+                    {relation for s in logs for relation in s.reads})
 
     def expire_all(self) -> None:
         with self.lock:
@@ -168,16 +185,22 @@ class PgDatabase(Database):
         changed = False
         with self.lock:
             for shape_log in self._logs() if catalog is not None else []:
-                current = catalog.get(shape_log.table.oid)
                 # Shapes newer than the catalog read were made from a catalog at least as new.
-                if shape_log.generation <= generation and (
-                    current is None or current.fingerprint != shape_log.table.fingerprint
+                if shape_log.generation <= generation and any(
+                    catalog.get(t.oid) is None or catalog[t.oid].fingerprint != t.fingerprint
+                    for t in shape_log.read_tables()
                 ):
                     self.expire(shape_log)
                     changed = True
             for tx in transactions:
                 self.lsn = max(self.lsn, tx.lsn)
                 takers = [shape_log for shape_log in self._logs() if not shape_log.sees(tx.xid)]
+                for shape_log in [s for s in takers if s.subqueries is not None]:
+                    appended = subshape.transaction(shape_log, tx)
+                    if appended is None:
+                        self.expire(shape_log)
+                    changed |= appended is not False
+                takers = [s for s in takers if s.subqueries is None]
                 if takers:
                     changed |= self._apply_one(tx, takers)
         return changed
@@ -190,7 +213,7 @@ class PgDatabase(Database):
             if not targets or change.operation == "skipped":
                 continue
             table = targets[0].table
-            rows = _rows(change, table) if change.operation != "truncate" else None
+            rows = fit_rows(change, table.columns) if change.operation != "truncate" else None
             if rows is None:
                 # TRUNCATE: Electric answers 409. A row that does not fit the shape's columns
                 # means the table changed under us: same remedy.
@@ -203,23 +226,6 @@ class PgDatabase(Database):
         if changes and live:
             append_transaction(live, changes, tx.xid, tx.lsn, indexes)
         return bool(changes) or len(live) < len(takers)
-
-
-def _rows(change: RowChange, table: PgTable) -> tuple[Row | None, Row | None] | None:
-    """(old, new) as full rows of ``table``, or None when the change does not fit its columns."""
-    columns = set(table.columns)
-    if change.unknown or (change.new is not None and set(change.new) != columns):
-        return None
-    old = change.old
-    if old is not None:
-        if not set(old) <= columns:
-            return None
-        # test_decoding leaves NULLs out of old rows; with REPLICA IDENTITY FULL (set before the
-        # shape's snapshot, so in force for every change it takes) a missing column is a NULL.
-        old = {c: old.get(c) for c in table.columns}
-    elif change.operation in ("update", "delete"):
-        return None  # no old row at all: not written under REPLICA IDENTITY FULL
-    return old, change.new
 
 
 class _Poller:
@@ -283,7 +289,7 @@ class _Poller:
         catalog: dict[int, PgTable] | None = None
         if oids and time.monotonic() - self.checked >= CATALOG_TTL:
             # Read after the changes, so DDL committed before one of them is usually seen now; if
-            # not, a row that does not fit its shape's columns rotates the shape (_rows).
+            # not, a row that does not fit its shape's columns rotates the shape (fit_rows).
             tables = read_tables(self.conn, oids=oids)
             self.db.remember({(t.schema, t.name): t for t in tables})
             catalog = {t.oid: t for t in tables}
