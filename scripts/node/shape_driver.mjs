@@ -5,7 +5,8 @@
 // stdin commands:
 //   {"cmd":"subscribe","id":"s1","url":"http://127.0.0.1:PORT/v1/shape",
 //    "params":{"table":"items","where":"...","params":{"1":"..."},"columns":["id","title"]},
-//    "headers":{...}, "log":"full"|"changes_only", "liveSse":false, "retryOnError":false}
+//    "headers":{...}, "log":"full"|"changes_only", "liveSse":false, "retryOnError":false,
+//    "messages":false}   (messages: also report every message the ShapeStream delivers)
 //   {"cmd":"unsubscribe","id":"s1"}
 //   {"cmd":"rows","id":"s1"}        -> one "rows" event with the Shape's current rows (reason "query")
 //   {"cmd":"requests","id":"s1"}    -> one "requests" event: the last HTTP exchanges of that stream
@@ -16,6 +17,8 @@
 //   {"event":"ready","client":"1.5.26","node":"v20..."}
 //   {"event":"rows","id","seq","reason":"notify"|"query","rows":{key: row},"handle","offset","upToDate"}
 //   {"event":"control","id","control":"must-refetch"|"up-to-date"|..., "handle","offset"}
+//   {"event":"messages","id","messages":[...]}  (with "messages": each batch the stream delivered, as received:
+//                                                changes, move-in/move-out events, controls)
 //   {"event":"http","id","status","method","url","headers","body"}  (every non-2xx response, body truncated)
 //   {"event":"neterror","id","method","url","message","cause"}      (a request failed below HTTP)
 //   {"event":"error","id","name","message","status"?,"url"?,"body"?,"requests":[...]}
@@ -216,6 +219,7 @@ function subscribe(client, msg) {
   // Second subscriber: report control messages (the Shape swallows them).
   sub.stream.subscribe(
     (messages) => {
+      if (msg.messages) emit({ event: 'messages', id: sub.id, messages })
       for (const m of messages) {
         const control = m?.headers?.control
         if (control && control !== 'up-to-date') {

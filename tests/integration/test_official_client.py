@@ -96,6 +96,7 @@ class NodeDriver:
         self.http: list[dict[str, Any]] = []
         self.controls: list[dict[str, Any]] = []
         self.retries: list[dict[str, Any]] = []
+        self.messages: dict[str, list[dict[str, Any]]] = {}  # subscriptions made with messages=True
         self.stderr: deque[str] = deque(maxlen=200)
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),
@@ -132,6 +133,8 @@ class NodeDriver:
                     self.controls.append(event)
                 elif kind == "retry":
                     self.retries.append(event)
+                elif kind == "messages":
+                    self.messages.setdefault(event["id"], []).extend(event["messages"])
             if kind in ("ready", "pong", "requests", "closed", "unsubscribed") or (
                 kind == "error" and event.get("name") == "LoadError"
             ):
@@ -224,6 +227,10 @@ class NodeDriver:
     def http_for(self, sid: str) -> list[dict[str, Any]]:
         with self._lock:
             return [h for h in self.http if h.get("id") == sid]
+
+    def messages_for(self, sid: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.messages.get(sid, []))
 
     def controls_for(self, sid: str, control: str = "must-refetch") -> list[dict[str, Any]]:
         with self._lock:
