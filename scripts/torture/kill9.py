@@ -2,7 +2,7 @@
 """kill -9 torture: `replica sync` against a changing loopback FakeElectric, killed at random moments.
 
     python scripts/torture/kill9.py [--kills 200] [--seed 1] [--rows 3000] [--chunk-bytes 16384]
-                                    [--time-limit 900] [--workdir DIR] [--keep]
+                                    [--time-limit 900] [--workdir DIR] [--keep] [--subquery]
 
 The fake runs in this process (``serve_in_thread``, 127.0.0.1 only) while a mutator thread keeps
 changing its table: inserts, partial updates, deletes and primary-key changes; the main loop
@@ -26,6 +26,10 @@ At the end the mutations stop, a last syncer runs until the local table equals t
 (every row, every value, nothing extra), and is stopped with SIGTERM (exit 0). The script prints
 one summary line and exits 0, or prints what broke and exits 1. Loopback only; bounded by
 ``--time-limit``.
+
+``--subquery`` syncs a subquery shape instead (``moves.py``): memberships come and go, rows move
+in and out, and two more moments are killed: ``move-in`` (moved-in rows were sent) and
+``move-out-staged`` (a move-out was sent in a response without up-to-date).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import apsw  # noqa: E402  (replica's own SQLite; this process runs no Store)
 from replica.protocol import wire  # noqa: E402
 from replica.testing import FakeElectric, serve_in_thread  # noqa: E402
 from replica.typemap.schema import TableSchema  # noqa: E402
+from scripts.torture import moves  # noqa: E402
 
 COLUMNS = {
     "id": {"type": "int8", "pk_index": 0, "not_null": True},
@@ -70,8 +75,9 @@ class TortureFailure(Exception):
     pass
 
 
-def make_row(rng: random.Random, i: int) -> dict[str, str | None]:
-    return {
+def make_row(rng: random.Random, i: int, subquery: bool = False) -> dict[str, str | None]:
+    extra = {"project": moves.project(rng)} if subquery else {}
+    return extra | {
         "id": str(i),
         "title": f"row {i} " + "x" * rng.randrange(0, 40),
         "done": rng.choice(["t", "f"]),
@@ -83,9 +89,12 @@ def make_row(rng: random.Random, i: int) -> dict[str, str | None]:
 class Mutator(threading.Thread):
     """Keeps changing the fake's table while enabled: inserts, partial updates, deletes, PK changes."""
 
-    def __init__(self, fake: FakeElectric, rng: random.Random, ids: set[int], next_id: int) -> None:
+    def __init__(self, fake: FakeElectric, rng: random.Random, ids: set[int], next_id: int,
+                 subquery: bool = False) -> None:
         super().__init__(daemon=True, name="mutator")
         self.fake, self.rng, self.ids, self.next_id = fake, rng, ids, next_id
+        self.subquery = subquery
+        self.memberships = moves.Memberships(fake, rng) if subquery else None
         self.enabled = threading.Event()
         self.done = threading.Event()
         self.lock = threading.Lock()  # held per operation; rotations take it to stay between operations
@@ -106,10 +115,12 @@ class Mutator(threading.Thread):
     def step(self) -> None:
         rng, fake = self.rng, self.fake
         roll = rng.random()
-        if roll < 0.35 or len(self.ids) < 10:
+        if self.memberships is not None and rng.random() < 0.25 and len(self.ids) >= 10:
+            self.memberships.step(self.ids, self.counts)
+        elif roll < 0.35 or len(self.ids) < 10:
             i = self.next_id
             self.next_id += 1
-            fake.insert("items", make_row(rng, i))
+            fake.insert("items", make_row(rng, i, self.subquery))
             self.ids.add(i)
             self.counts["insert"] += 1
         elif roll < 0.7:
@@ -135,7 +146,7 @@ class Mutator(threading.Thread):
                 for _ in range(rng.randrange(2, 6)):
                     i = self.next_id
                     self.next_id += 1
-                    tx.insert("items", make_row(rng, i))
+                    tx.insert("items", make_row(rng, i, self.subquery))
                     self.ids.add(i)
                 victim = rng.choice(sorted(self.ids))
                 tx.delete("items", {"id": str(victim)})
@@ -144,10 +155,11 @@ class Mutator(threading.Thread):
 
 
 class Exchanges:
-    """What the fake answered, in order: (time, params, status, up_to_date, has_data)."""
+    """What the fake answered, in order: (time, params, status, up_to_date, has_data, offset,
+    moved-in rows, a move-out event)."""
 
     def __init__(self, fake: FakeElectric) -> None:
-        self.items: list[tuple[float, dict[str, str], int, bool, bool, str | None]] = []
+        self.items: list[tuple[float, dict[str, str], int, bool, bool, str | None, bool, bool]] = []
         self.lock = threading.Lock()
         original = fake.exchange
 
@@ -162,6 +174,7 @@ class Exchanges:
                 wire.H_UP_TO_DATE in h,
                 h.get(wire.H_HAS_DATA) == "true",
                 h.get(wire.H_OFFSET),
+                *moves.flags(response.body),
             )
             with self.lock:
                 self.items.append(entry)
@@ -169,7 +182,7 @@ class Exchanges:
 
         fake.exchange = exchange  # type: ignore[method-assign]
 
-    def since(self, start: int) -> list[tuple[float, dict[str, str], int, bool, bool, str | None]]:
+    def since(self, start: int) -> list[tuple[float, dict[str, str], int, bool, bool, str | None, bool, bool]]:
         with self.lock:
             return self.items[start:]
 
@@ -237,10 +250,10 @@ def local_rows(path: Path) -> dict[tuple, dict[str, Any]]:
         conn.close()
 
 
-def expected_rows(fake: FakeElectric) -> dict[tuple, dict[str, Any]]:
+def expected_rows(fake: FakeElectric, subquery: bool = False) -> dict[tuple, dict[str, Any]]:
     schema = TableSchema.from_electric(fake.schema("items"))
     result = {}
-    for row in fake.rows("items").values():
+    for row in fake.rows("items", *((moves.WHERE, moves.PARAMS) if subquery else ())).values():
         converted = schema.convert_row(row)
         result[tuple(converted[c] for c in schema.pk)] = converted
     return result
@@ -270,7 +283,8 @@ class Torture:
         with open(self.stderr_path, "ab") as err:
             err.write(f"--- start {self.restarts}\n".encode())
             return subprocess.Popen(
-                [sys.executable, "-m", "replica", "sync", url, "--table", "items", "--db", str(self.db)],
+                [sys.executable, "-m", "replica", "sync", url, "--table", "items", "--db", str(self.db),
+                 *(["--where", moves.WHERE, "--param", "1=1"] if self.args.subquery else [])],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=ROOT,
@@ -342,6 +356,11 @@ class Torture:
                 self.wait_for(exchanges, start, proc,
                               lambda ex: any(e[2] == 200 and e[3] and e[4] for e in ex))
                 time.sleep(rng.uniform(0, 0.08))
+            elif target == "move-in":
+                self.wait_for(exchanges, start, proc, lambda ex: any(e[2] == 200 and e[6] for e in ex))
+                time.sleep(rng.uniform(0, 0.02))
+            elif target == "move-out-staged":
+                self.wait_for(exchanges, start, proc, lambda ex: any(e[2] == 200 and e[7] and not e[3] for e in ex))
             else:
                 self.wait_for(exchanges, start, proc, lambda ex: any(request_kind(e[1]) == "live" for e in ex))
                 time.sleep(rng.uniform(0, 0.4))
@@ -354,7 +373,11 @@ class Torture:
     def classify(self, seen: list[Any], info: dict[str, Any]) -> str:
         if not seen:
             return "startup"
-        _t, params, status, up_to_date, has_data, offset = seen[-1]
+        _t, params, status, up_to_date, has_data, offset, moved_in, moved_out = seen[-1]
+        if status == 200 and moved_out and not up_to_date:
+            return "move-out-staged"
+        if status == 200 and moved_in:
+            return "move-in"
         if status == 200 and up_to_date and has_data:
             published = info.get("published")
             if published is None or published[1] != offset:
@@ -403,20 +426,23 @@ class Torture:
         args, rng = self.args, self.rng
         fake = FakeElectric(chunk_bytes=args.chunk_bytes, long_poll_timeout=0.5, seed=args.seed)
         ids = set(range(1, args.rows + 1))
-        fake.create_table("items", COLUMNS, rows=[make_row(rng, i) for i in sorted(ids)])
+        fake.create_table("items", moves.columns(COLUMNS) if args.subquery else COLUMNS,
+                          rows=[make_row(rng, i, args.subquery) for i in sorted(ids)])
+        if args.subquery:
+            moves.setup(fake, rng)
         exchanges = Exchanges(fake)
-        mutator = Mutator(fake, random.Random(args.seed + 1), ids, args.rows + 1)
+        mutator = Mutator(fake, random.Random(args.seed + 1), ids, args.rows + 1, args.subquery)
         mutator.start()
         started = time.monotonic()
         try:
             with serve_in_thread(fake) as server:
-                order = list(TARGETS)
+                order = [*TARGETS, *(moves.TARGETS if args.subquery else ())]
                 while self.kills < args.kills:
                     if time.monotonic() > self.deadline:
                         raise TortureFailure(f"time limit of {args.time_limit:g} s reached after {self.kills} kills")
                     if mutator.error is not None:
                         raise TortureFailure(f"the mutator failed: {mutator.error!r}")
-                    target = order[self.kills % len(order)] if rng.random() < 0.7 else rng.choice(TARGETS)
+                    target = order[self.kills % len(order)] if rng.random() < 0.7 else rng.choice(order)
                     self.one_round(fake, server.url, exchanges, mutator, target)
                 final_rows = self.converge(fake, server.url, exchanges, mutator)
         finally:
@@ -424,7 +450,7 @@ class Torture:
             mutator.enabled.set()
             mutator.join(5)
         elapsed = time.monotonic() - started
-        by_phase = " ".join(f"{p}={self.phases[p]}" for p in PHASES)
+        by_phase = " ".join(f"{p}={self.phases[p]}" for p in (*PHASES, *(moves.TARGETS if args.subquery else ())))
         mutations = sum(mutator.counts.values())
         print(
             f"kill9 torture: seed={args.seed} kills={self.kills} ({by_phase}) restarts={self.restarts} "
@@ -439,7 +465,9 @@ class Torture:
         mutator.enabled.clear()
         with mutator.lock:  # any operation in progress has finished
             pass
-        want = expected_rows(fake)
+        if self.args.subquery:
+            moves.before_final_sync(fake, mutator.ids)
+        want = expected_rows(fake, self.args.subquery)
         asked = len(fake.requests)
         proc = self.spawn(url)
         try:
@@ -514,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--converge-timeout", type=float, default=60.0)
     parser.add_argument("--workdir", help="where the database goes (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--subquery", action="store_true", help="sync a subquery shape (moves.py): rows move in and out")
     args = parser.parse_args(argv)
     torture = Torture(args)
     try:
