@@ -25,7 +25,7 @@ from test_postgres_server import read_log
 
 from replica import Backoff, Replica, Shape
 from replica.testing import FakeElectric, serve_in_thread
-from replica.testing.fake.subquery import tag_value
+from replica.testing.fake.subquery import row_tag_value, tag_value
 from replica.testing.postgres.server import PostgresElectric
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
@@ -43,7 +43,10 @@ MINE = "project_id IN (SELECT project_id FROM memberships WHERE user_id = $1)"
 MIXED = ("project_id IN (SELECT id FROM projects WHERE NOT archived AND id IN "
          "(SELECT project_id FROM memberships WHERE user_id = $1)) OR "
          "(owner = 2 AND project_id NOT IN (SELECT project_id FROM memberships WHERE user_id = 2))")
-SHAPES = {"mine1": (MINE, "1"), "mine2": (MINE, "2"), "mine3": (MINE, "3"), "mixed": (MIXED, "1")}
+# Row-valued: issues whose owner is a member of the issue's project, or user $1's own.
+PAIRS = "(project_id, owner) IN (SELECT project_id, user_id FROM memberships WHERE user_id <> $1) OR owner = $1"
+SHAPES = {"mine1": (MINE, "1"), "mine2": (MINE, "2"), "mine3": (MINE, "3"), "mixed": (MIXED, "1"),
+          "pairs": (PAIRS, "1")}
 
 
 @pytest.fixture(autouse=True)
@@ -155,12 +158,15 @@ STEPS: list[tuple[str, list[tuple[Any, ...]]]] = [
      [("insert", "memberships", {"id": 11, "user_id": 2, "project_id": 6}), ("update", "issues", {"id": 6, "owner": 2})]),
     ("DELETE FROM memberships WHERE id = 3", [("delete", "memberships", {"id": 3})]),
     ("UPDATE issues SET id = 99 WHERE id = 1", [("update", "issues", {"id": 1}, {"id": 99})]),
+    ("DELETE FROM memberships WHERE id = 11", [("delete", "memberships", {"id": 11})]),  # pairs (6, 2) move out
 ]
 
 
 def normalised(messages: list[dict[str, Any]], handle: str) -> list[Any]:
     """Messages without what differs between servers: tag hashes back to values, no lsn/txids/xids."""
     values = {tag_value(handle, str(v)): f"<{v}>" for v in range(0, 200)}
+    values |= {row_tag_value(handle, [("project_id", p), ("owner", o)]): f"<{p},{o}>"
+               for p in [None, *map(str, range(10))] for o in [None, *map(str, range(4))]}
 
     def untag(tag: str) -> str:
         return "/".join(values.get(slot, slot) for slot in tag.split("/"))
@@ -189,7 +195,7 @@ def test_the_fake_and_postgres_write_the_same_messages(pg_dsn: str) -> None:
         rows = sql(pg_dsn, f"SELECT {', '.join(columns)} FROM {table} ORDER BY id")
         fake.create_table(table, spec, rows=[{c: _text(v) for c, v in zip(columns, row, strict=True)} for row in rows])
     with PostgresElectric(pg_dsn) as source:
-        for where in (MINE, MIXED):
+        for where in (MINE, MIXED, PAIRS):
             shape = {"table": "issues", "where": where, "params[1]": "1"}
             read_log(source, **shape)
             read_log(fake, **shape)  # type: ignore[arg-type]
@@ -203,7 +209,7 @@ def test_the_fake_and_postgres_write_the_same_messages(pg_dsn: str) -> None:
             with fake.transaction() as tx:
                 for op, table, *rows in edits:
                     getattr(tx, op)(table, *({c: _text(v) for c, v in row.items()} for row in rows))
-        for where in (MINE, MIXED):
+        for where in (MINE, MIXED, PAIRS):
             shape = {"table": "issues", "where": where, "params[1]": "1"}
             theirs, pg_handle, _ = read_log(source, **shape)
             ours, fake_handle, _ = read_log(fake, **shape)  # type: ignore[arg-type]
@@ -224,7 +230,8 @@ def test_what_the_server_refuses(pg_dsn: str) -> None:
             "EXISTS (SELECT 1 FROM memberships)": "subqueries",
             "project_id = (SELECT max(project_id) FROM memberships)": "subqueries",
             "(project_id IN (SELECT project_id FROM memberships)) IS TRUE": "a condition of its own",
-            "(id, project_id) IN (SELECT id, project_id FROM memberships)": "row-valued",
+            "(id, project_id) IN (SELECT id FROM memberships)": "subquery has too few columns",
+            "(id, project_id + 1) IN (SELECT id, project_id FROM memberships)": "a condition of its own",
             "project_id IN (SELECT project_id FROM nowhere)": 'relation "nowhere" does not exist',
             "project_id IN (SELECT project_id FROM memberships m JOIN projects p ON p.id = m.project_id)":
                 "subqueries",
@@ -256,3 +263,28 @@ def urlencode(params: dict[str, str]) -> str:
     from urllib.parse import urlencode as encode
 
     return encode(params)
+
+
+def test_the_fake_evaluates_subqueries_as_postgres_does(pg_dsn: str) -> None:
+    """Three-valued IN/NOT IN over NULLs, single and row-valued: the fake's oracle against Postgres's."""
+    values = [None, "1", "2"]
+    pairs = [(a, b) for a in values for b in values]
+    sql(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, a int, b int); CREATE TABLE g (id int PRIMARY KEY, x int, y int)")
+    for i, (a, b) in enumerate(pairs):
+        sql(pg_dsn, "INSERT INTO t VALUES (%s, %s, %s)", [i, a, b])
+    grants = [("1", "1"), ("2", None), (None, "2")]
+    for i, (x, y) in enumerate(grants):
+        sql(pg_dsn, "INSERT INTO g VALUES (%s, %s, %s)", [i, x, y])
+    fake = FakeElectric()
+    int4, key = {"type": "int4"}, {"type": "int4", "pk_index": 0, "not_null": True}
+    fake.create_table("t", {"id": key, "a": int4, "b": int4},
+                      rows=[{"id": str(i), "a": a, "b": b} for i, (a, b) in enumerate(pairs)])
+    fake.create_table("g", {"id": key, "x": int4, "y": int4},
+                      rows=[{"id": str(i), "x": x, "y": y} for i, (x, y) in enumerate(grants)])
+    for where in ("(a, b) IN (SELECT x, y FROM g)", "(a, b) NOT IN (SELECT x, y FROM g)",
+                  "(a, b) NOT IN (SELECT x, y FROM g WHERE x = 1)", "(a, b) IN (SELECT x, y FROM g WHERE y IS NULL)",
+                  "a NOT IN (SELECT x FROM g)", "a NOT IN (SELECT x FROM g WHERE x IS NOT NULL)",
+                  "NOT ((b, a) IN (SELECT x, y FROM g) OR a IN (SELECT y FROM g WHERE x = 2))"):
+        theirs = {row[0] for row in sql(pg_dsn, f"SELECT id FROM t WHERE {where}")}
+        ours = {int(key.rsplit('"', 2)[-2]) for key in fake.rows("t", where, [])}
+        assert ours == theirs, where

@@ -42,6 +42,8 @@ WHERES = [
     f"NOT ({MINE} OR owner = $1)",
     f"owner = $1 AND NOT {MINE}",
     f"{MINE} OR owner IN (SELECT user_id FROM members WHERE team_id = 1)",  # two subqueries: moves in and out
+    # Row-valued: the owner is a member of the project (NULLs on either side never match).
+    "(project_id, owner) IN (SELECT project_id, user_id FROM memberships WHERE user_id <> $1) OR owner = $1",
 ]
 USERS = ("1", "2")
 small = st.integers(1, 3)  # few values: rows share them, so moves hit several rows

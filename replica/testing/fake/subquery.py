@@ -25,9 +25,9 @@ from typing import Any
 
 from replica.protocol import wire
 from replica.testing.fake.tables import Row, Table
-from replica.testing.fake.where import Tables, _Column, _Node, _Op, _Sub, compile_node, parse_where
+from replica.testing.fake.where import Tables, _Column, _Node, _Op, _Row, _Sub, compile_node, parse_where
 
-__all__ = ["Condition", "Held", "Split", "has_subquery", "split_where"]
+__all__ = ["Condition", "Held", "Split", "has_subquery", "row_tag_value", "split_where", "tag_value"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Condition:
     """One condition: ``truth(row)`` (True, False or None) and, for a subquery, the column it looks up."""
 
     truth: Callable[[Row], Any]
-    needle: str | None  # the outer column a subquery compares; None for a plain condition
+    needle: str | tuple[str, ...] | None  # the outer column(s) a subquery compares; None for a plain condition
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,21 @@ class Split:
 def _slot(condition: Condition, row: Row, handle: str) -> str:
     if condition.needle is None:
         return "1"
+    if isinstance(condition.needle, tuple):
+        return row_tag_value(handle, [(column, row[column]) for column in condition.needle])
     return tag_value(handle, row[condition.needle])
 
 
 def tag_value(handle: str, value: str | None) -> str:
     """A subquery slot: a hash of the shape and the looked-up value (Electric: md5 of stack, handle, value)."""
     return "NULL" if value is None else hashlib.md5(f"{handle}v:{value}".encode()).hexdigest()  # a tag
+
+
+def row_tag_value(handle: str, values: Sequence[tuple[str, str | None]]) -> str:
+    """A row-valued subquery's slot (``(a, b) IN (SELECT …)``): Electric hashes the columns together,
+    each as ``column:`` then ``v:value`` or ``NULL``; never the bare ``"NULL"``."""
+    text = "".join(f"{column}:" + ("NULL" if value is None else f"v:{value}") for column, value in values)
+    return hashlib.md5(f"{handle}{text}".encode()).hexdigest()  # a tag
 
 
 def has_subquery(where: str | None) -> bool:
@@ -86,7 +95,9 @@ def split_where(text: str, params: Sequence[str], columns: Mapping[str, str], ta
             return known
         inner = _Op("bool", "not", [node]) if negated else node
         needle = None
-        if isinstance(node, _Sub):
+        if isinstance(node, _Sub) and isinstance(node.needle, _Row):
+            needle = tuple(item.name for item in node.needle.items)
+        elif isinstance(node, _Sub):
             if not isinstance(node.needle, _Column):
                 raise ValueError("a subquery shape's IN must compare a column")
             needle = node.needle.name

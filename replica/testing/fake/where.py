@@ -6,9 +6,10 @@ Grammar (keywords case-insensitive)::
     and_expr  := not_expr (AND not_expr)*
     not_expr  := NOT not_expr | predicate
     predicate := operand [ cmp operand | IS [NOT] NULL | [NOT] IN '(' operand (',' operand)* ')'
-                          | [NOT] IN '(' SELECT column FROM table [WHERE expr] ')' | [NOT] LIKE operand ]
+                          | [NOT] IN '(' SELECT column (',' column)* FROM table [WHERE expr] ')'
+                          | [NOT] LIKE operand ]
     operand   := integer | decimal | 'string' | TRUE | FALSE | NULL | $n | column | "column"
-               | '-' number | '(' expr ')'
+               | '-' number | '(' expr ')' | '(' column (',' column)+ ')'   (a row: only before IN (SELECT …))
     cmp       := = | <> | != | < | <= | > | >=
 
 Evaluation follows SQL three-valued logic (NULL is ``None``); a row is in the shape only when
@@ -31,7 +32,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from replica.testing.fake.tables import NUMERIC_TYPES, Row, canonical_bool
-from replica.testing.fake.where_ops import compare_op, in_list, like_op, logic, member
+from replica.testing.fake.where_ops import compare_op, in_list, like_op, logic, member, row_member
 
 __all__ = ["Tables", "WhereError", "compile_where"]
 
@@ -111,12 +112,20 @@ class _Op(_Node):
 
 
 @dataclass
+class _Row(_Node):
+    """``(a, b)``: row-valued ``IN (SELECT x, y …)`` compares these columns together."""
+
+    items: list[_Column]
+
+
+@dataclass
 class _Sub(_Node):
-    """``needle [NOT] IN (SELECT column FROM table [WHERE where])``; ``rows`` reads the table now."""
+    """``needle [NOT] IN (SELECT columns FROM table [WHERE where])``; ``rows`` reads the table now.
+    A ``_Row`` needle selects as many columns, compared element by element (as Postgres does)."""
 
     needle: _Node
     negated: bool
-    column: _Column
+    columns: list[_Column]
     where: _Node | None
     rows: Callable[[], Iterable[Row]]
 
@@ -209,25 +218,31 @@ class _Parser:
         start = self.take()
         if self.tables is None:
             raise WhereError(f"At location {start.pos}: subqueries (SELECT) need the tables they read")
-        column_tok = self.take()
+        column_toks = [self.take()]
+        while self.accept("op", ","):
+            column_toks.append(self.take())
         self.expect("kw", "from")
         table_tok = self.take()
-        if column_tok.kind not in ("word", "qid") or table_tok.kind not in ("word", "qid"):
+        if any(t.kind not in ("word", "qid") for t in [*column_toks, table_tok]):
             self.fail("expected SELECT column FROM table")
+        width = len(needle.items) if isinstance(needle, _Row) else 1
+        if len(column_toks) != width:
+            raise WhereError(f"At location {start.pos}: subquery has {'too many' if len(column_toks) > width else 'too few'} columns")
         try:
             kinds, rows = self.tables(_ident(table_tok))
         except KeyError:
             raise WhereError(f"At location {table_tok.pos}: relation {_ident(table_tok)!r} does not exist") from None
-        name = _ident(column_tok)
-        if name not in kinds:
-            raise WhereError(f"At location {column_tok.pos}: unknown reference {name}")
+        for tok in column_toks:
+            if _ident(tok) not in kinds:
+                raise WhereError(f"At location {tok.pos}: unknown reference {_ident(tok)}")
         outer, self.columns = self.columns, kinds  # the inner WHERE names the inner table's columns
         try:
             where = self.expr() if self.accept("kw", "where") else None
         finally:
             self.columns = outer
         self.expect("op", ")")
-        return _Sub("bool", needle, negated, _Column(kinds[name], name), where, rows)
+        columns = [_Column(kinds[_ident(tok)], _ident(tok)) for tok in column_toks]
+        return _Sub("bool", needle, negated, columns, where, rows)
 
     def operand(self) -> _Node:
         tok = self.take()
@@ -253,6 +268,18 @@ class _Parser:
             return _Column(self.columns[name], name)
         if tok.kind == "op" and tok.text == "(":
             node = self.expr()
+            if self.peek().text == "," and isinstance(node, _Column):
+                items = [node]
+                while self.accept("op", ","):
+                    item = self.operand()
+                    if not isinstance(item, _Column):
+                        self.fail("expected a column in a row")
+                    items.append(item)  # type: ignore[arg-type]
+                self.expect("op", ")")
+                if not (self.peek().text in ("in", "not") and self.peek(1 if self.peek().text == "in" else 2).text
+                        == "(" and self.peek(2 if self.peek().text == "in" else 3).text == "select"):
+                    self.fail("a row (a, b) is only supported before IN (SELECT …)")
+                return _Row("row", items)
             self.expect("op", ")")
             return node
         self.i -= 1
@@ -337,10 +364,19 @@ def _common_kind(args: list[_Node]) -> str:
 
 
 def _subquery(node: _Sub) -> _Eval:
-    kind = _common_kind([node.needle, node.column])
-    needle, column = _compile(node.needle, kind), _compile(node.column, kind)
+    outer = node.needle.items if isinstance(node.needle, _Row) else [node.needle]
+    kinds = [_common_kind([a, b]) for a, b in zip(outer, node.columns, strict=True)]
+    needles = [_compile(a, k) for a, k in zip(outer, kinds, strict=True)]
+    columns = [_compile(c, k) for c, k in zip(node.columns, kinds, strict=True)]
     where = None if node.where is None else _compile(_require_bool(node.where), "bool")
     rows, negated = node.rows, node.negated
+    if len(needles) > 1:
+        def row_contains(row: Row) -> Any:
+            found = [tuple(c(r) for c in columns) for r in rows() if where is None or where(r) is True]
+            return row_member(tuple(n(row) for n in needles), found, negated=negated)
+
+        return row_contains
+    needle, column = needles[0], columns[0]
 
     def contains(row: Row) -> Any:
         return member(needle(row), [column(r) for r in rows() if where is None or where(r) is True], negated=negated)

@@ -11,7 +11,7 @@ from typing import Any
 
 from replica.testing.fake.tables import Row
 
-__all__ = ["compare_op", "in_list", "like_op", "logic", "member"]
+__all__ = ["compare_op", "in_list", "like_op", "logic", "member", "row_member"]
 
 _Eval = Callable[[Row], Any]
 
@@ -25,6 +25,23 @@ def member(value: Any, values: list[Any], *, negated: bool) -> Any:
     if value in values:
         return not negated
     return None if None in values else negated
+
+
+def row_member(value: tuple[Any, ...], rows: list[tuple[Any, ...]], *, negated: bool) -> Any:
+    """``(a, b) [NOT] IN (SELECT x, y …)``: TRUE if some row equals element by element, else NULL
+    if some comparison was NULL, else FALSE (rows are compared as Postgres compares them)."""
+    unknown = False
+    for row in rows:
+        equal: Any = True
+        for a, b in zip(value, row, strict=True):
+            if a is None or b is None:
+                equal = None if equal is not False else False
+            elif a != b:
+                equal = False
+        if equal is True:
+            return not negated
+        unknown |= equal is None
+    return None if unknown else negated
 
 
 def logic(op: str, parts: list[_Eval]) -> _Eval:

@@ -66,37 +66,45 @@ def _column(node: Any) -> str | None:
     return None
 
 
+def _needle(node: Any) -> str | tuple[str, ...] | None:
+    """What a subquery compares: a column, the columns of a row ``(a, b)``, or None for anything else."""
+    if isinstance(node, ast.RowExpr):
+        names = tuple(_column(arg) for arg in node.args or ())
+        return None if None in names else names  # type: ignore[return-value]
+    return _column(node)
+
+
 @dataclass
 class _Lookup:
-    """One ``needle IN (SELECT column FROM relation [AS alias] [WHERE where])``."""
+    """One ``needle IN (SELECT columns FROM relation [AS alias] [WHERE where])`` (a row needle:
+    as many columns as it has)."""
 
     relation: Relation
     alias: str
-    column: str
+    columns: tuple[str, ...]
     where: ast.Node | None
-    needle: Any  # the outer expression (a column at the root)
+    needle: Any  # the outer expression (a column or a row of columns at the root)
 
 
 def _lookup(sub: ast.SubLink) -> _Lookup:
     select = sub.subselect
-    if isinstance(sub.testexpr, ast.RowExpr):
-        raise WhereError("row-valued IN ((a, b) IN (SELECT …)) is not supported by the Postgres dev server")
+    width = len(sub.testexpr.args or ()) if isinstance(sub.testexpr, ast.RowExpr) else 1
     if (
         sub.subLinkType != enums.SubLinkType.ANY_SUBLINK or sub.operName
         or not isinstance(select, ast.SelectStmt) or select.op != enums.SetOperation.SETOP_NONE
         or select.valuesLists or select.withClause or select.groupClause or select.havingClause
         or select.sortClause or select.limitCount or select.limitOffset or select.distinctClause
-        or len(select.targetList or ()) != 1 or len(select.fromClause or ()) != 1
+        or len(select.targetList or ()) != width or len(select.fromClause or ()) != 1
         or not isinstance(select.fromClause[0], ast.RangeVar)
     ):
         raise WhereError("only `x [NOT] IN (SELECT column FROM table [WHERE …])` subqueries are supported")
-    column = _column(select.targetList[0].val)
-    if column is None:
-        raise WhereError("a subquery must select one column")
+    columns = tuple(_column(target.val) for target in select.targetList)
+    if None in columns:
+        raise WhereError("a subquery must select columns")
     source = select.fromClause[0]
     relation = (source.schemaname or "public", source.relname)
     alias = source.alias.aliasname if source.alias is not None else source.relname
-    return _Lookup(relation, alias, column, select.whereClause, sub.testexpr)
+    return _Lookup(relation, alias, columns, select.whereClause, sub.testexpr)  # type: ignore[arg-type]
 
 
 def check_subqueries(where: str) -> None:
@@ -110,7 +118,7 @@ def check_subqueries(where: str) -> None:
             pending.extend(_sublinks(found.where))
     for leaf in _leaves(root):
         subs = _sublinks(leaf)
-        if subs and not (isinstance(leaf, ast.SubLink) and _column(leaf.testexpr) is not None):
+        if subs and not (isinstance(leaf, ast.SubLink) and _needle(leaf.testexpr) is not None):
             raise WhereError("a subquery must be a condition of its own: `column [NOT] IN (SELECT …)`")
 
 
@@ -182,10 +190,11 @@ def _split(root: Any) -> tuple[list[Any], list[tuple[int, ...]]]:
 
 class _Batch:
     """Expressions over one table's rows, judged by Postgres for many rows in one query. Each
-    subquery in them is replaced by ``needle = ANY($n::type[])``; ``values(i)`` gives lookup i's."""
+    subquery in them is replaced by ``needle = ANY($n::type[])`` (a row needle: ``IN (SELECT * FROM
+    unnest($n::t1[], $m::t2[]))``), the arrays holding what the subquery selects now."""
 
     def __init__(self, conn: PgConn, table: PgTable, alias: str, nodes: Sequence[Any], params: Sequence[str],
-                 types: Callable[[int], str]) -> None:
+                 types: Callable[[int], list[str]]) -> None:
         self.conn, self.table = conn, table
         numbers: dict[int, int] = {}  # the clause's $n → this query's, in order of use
 
@@ -200,7 +209,7 @@ class _Batch:
         for node in nodes:
             Params()(node)
         self.fixed: list[str | None] = [params[n - 1] if n <= len(params) else None for n in numbers]
-        self.uses: list[int] = []  # lookup indexes, their arrays numbered after the clause's params
+        self.uses: list[tuple[int, int]] = []  # (lookup, column) per array, numbered after the clause's params
         uses = self.uses
 
         class Rewrite(visitors.Visitor):  # type: ignore[misc]
@@ -208,10 +217,18 @@ class _Batch:
                 return ast.ParamRef(number=numbers[ref.number])
 
             def visit_SubLink(self, ancestors: Any, sub: ast.SubLink) -> Any:  # noqa: N802
-                uses.append(sub.subLinkId)
-                any_of = _parse(f"NULL = ANY(${len(numbers) + len(uses)}::{types(sub.subLinkId)}[])")
-                any_of.lexpr = Rewrite()(copy.deepcopy(sub.testexpr))
-                return any_of
+                first = len(numbers) + len(uses) + 1
+                kinds = types(sub.subLinkId)
+                uses.extend((sub.subLinkId, k) for k in range(len(kinds)))
+                needle = Rewrite()(copy.deepcopy(sub.testexpr))
+                if len(kinds) == 1:
+                    any_of = _parse(f"NULL = ANY(${first}::{kinds[0]}[])")
+                    any_of.lexpr = needle
+                    return any_of
+                arrays = ", ".join(f"${first + k}::{kind}[]" for k, kind in enumerate(kinds))
+                member = _parse(f"(NULL, NULL) IN (SELECT * FROM unnest({arrays}))")
+                member.testexpr = needle
+                return member
 
         texts = [RawStream()(Rewrite()(copy.deepcopy(node))) for node in nodes]
         self.first = len(numbers) + len(uses) + 1
@@ -220,6 +237,9 @@ class _Batch:
         self.head = "SELECT _replica_ord, " + ", ".join(f"({t})" for t in texts) + " FROM (VALUES "
         self.tail = f") AS {quote_ident(alias)}({names})"
         self.check()
+
+    def arrays(self, values: Callable[[int], list[tuple[str | None, ...]]]) -> list[list[str | None]]:
+        return [[found[k] for found in values(lookup)] for lookup, k in self.uses]
 
     def check(self) -> None:
         """Plan the expressions once (unknown columns, a reference to the outer query: WhereError)."""
@@ -269,25 +289,26 @@ class Subqueries:
                 raise WhereError(f'relation "{relation[0]}.{relation[1]}" does not exist')
             self.tables[relation] = found[0]
         for lookup in self.lookups:
-            if lookup.column not in self.tables[lookup.relation].columns:
-                raise WhereError(f'column "{lookup.column}" does not exist')
+            for column in lookup.columns:
+                if column not in self.tables[lookup.relation].columns:
+                    raise WhereError(f'column "{column}" does not exist')
 
-        def array_type(index: int) -> str:
+        def array_type(index: int) -> list[str]:
             lookup = self.lookups[index]
-            return self.tables[lookup.relation].sqltypes[lookup.column]
+            return [self.tables[lookup.relation].sqltypes[column] for column in lookup.columns]
 
         nodes, branches = _split(tree)
         self._root = _Batch(conn, root, root.name, nodes, params, array_type)
         self._inner = {i: _Batch(conn, self.tables[lk.relation], lk.alias, [lk.where], params, array_type)
                        for i, lk in enumerate(self.lookups) if lk.where is not None}
         self.rows: dict[Relation, dict[Any, Row]] = {relation: {} for relation in self.tables}
-        self._values: dict[int, list[str | None]] = {}
+        self._values: dict[int, list[tuple[str | None, ...]]] = {}
         self._truths: dict[int, dict[tuple[str | None, ...], list[bool | None]]] = {}
         conditions = []
         for i, node in enumerate(nodes):
-            needle = _column(node.testexpr) if isinstance(node, ast.SubLink) else None
+            needle = _needle(node.testexpr) if isinstance(node, ast.SubLink) else None
             if needle is None and _boolean(node, enums.BoolExprType.NOT_EXPR) and isinstance(node.args[0], ast.SubLink):
-                needle = _column(node.args[0].testexpr)
+                needle = _needle(node.args[0].testexpr)
             conditions.append(Condition(self._truth(i), needle))
         self.split = Split(tuple(conditions), tuple(branches))
 
@@ -333,19 +354,19 @@ class Subqueries:
         keys = [tuple(row[c] for c in target.columns) for row in rows]
         missing = {key: row for key, row in zip(keys, rows, strict=True) if key not in cache}
         if missing:
-            arrays = [self.values(i) for i in target.uses]
+            arrays = target.arrays(self.values)
             for key, truths in zip(missing, target.judge(list(missing.values()), arrays), strict=True):
                 cache[key] = truths
         return [cache[key] for key in keys]
 
-    def values(self, index: int) -> list[str | None]:
-        """What lookup ``index`` selects now (distinct; NULL kept: NOT IN needs it)."""
+    def values(self, index: int) -> list[tuple[str | None, ...]]:
+        """What lookup ``index`` selects now (distinct; NULLs kept: NOT IN needs them)."""
         if index not in self._values:
             lookup = self.lookups[index]
             rows = list(self.rows[lookup.relation].values())
             if lookup.where is not None:
                 rows = [row for row, truths in zip(rows, self.judge(index, rows), strict=True) if truths[0] is True]
-            self._values[index] = list(dict.fromkeys(row[lookup.column] for row in rows))
+            self._values[index] = list(dict.fromkeys(tuple(row[c] for c in lookup.columns) for row in rows))
         return self._values[index]
 
     def prime(self) -> None:
