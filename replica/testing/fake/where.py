@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from replica.testing.fake.tables import NUMERIC_TYPES, Row, canonical_bool
-from replica.testing.fake.where_ops import compare_op, in_list, like_op, logic, member, row_member
+from replica.testing.fake.tables import Row, canonical_bool
+from replica.testing.fake.where_ops import column_kind, compare_op, in_list, like_op, logic, select_member
+from replica.testing.fake.where_ops import num_key as _num_key
 
-__all__ = ["Tables", "WhereError", "compile_where"]
+__all__ = ["Tables", "WhereError", "column_kind", "compile_where"]
 
 Predicate = Callable[[Row], bool]
 _Eval = Callable[[Row], Any]
@@ -294,13 +295,6 @@ def _ident(tok: _Tok) -> str:
 # --- type resolution and compilation ---
 
 
-def _num_key(text: str) -> tuple[int, Decimal]:
-    # Postgres orders NaN above every number and equal to itself.
-    if text == "NaN":
-        return (1, Decimal(0))
-    return (0, Decimal(text))
-
-
 def _coerce(value: Any, kind: str) -> Any:
     """Turn an untyped literal/param text into a value of ``kind``."""
     if value is None:
@@ -369,28 +363,7 @@ def _subquery(node: _Sub) -> _Eval:
     needles = [_compile(a, k) for a, k in zip(outer, kinds, strict=True)]
     columns = [_compile(c, k) for c, k in zip(node.columns, kinds, strict=True)]
     where = None if node.where is None else _compile(_require_bool(node.where), "bool")
-    rows, negated = node.rows, node.negated
-    if len(needles) > 1:
-        def row_contains(row: Row) -> Any:
-            found = [tuple(c(r) for c in columns) for r in rows() if where is None or where(r) is True]
-            return row_member(tuple(n(row) for n in needles), found, negated=negated)
-
-        return row_contains
-    needle, column = needles[0], columns[0]
-
-    def contains(row: Row) -> Any:
-        return member(needle(row), [column(r) for r in rows() if where is None or where(r) is True], negated=negated)
-
-    return contains
-
-
-def column_kind(pg_type: str, dims: int = 0) -> str:
-    """How the evaluator compares a column of this type."""
-    if dims:
-        return "text"
-    if pg_type in NUMERIC_TYPES:
-        return "num"
-    return "bool" if pg_type == "bool" else "text"
+    return select_member(needles, columns, node.rows, where, negated=node.negated)
 
 
 def compile_where(

@@ -6,14 +6,49 @@ Each takes closures ``row -> value`` and returns one; ``where.py`` parses, types
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
-from replica.testing.fake.tables import Row
+from replica.testing.fake.tables import NUMERIC_TYPES, Row
 
-__all__ = ["compare_op", "in_list", "like_op", "logic", "member", "row_member"]
+__all__ = ["column_kind", "compare_op", "in_list", "like_op", "logic", "member", "num_key", "row_member",
+           "select_member"]
 
 _Eval = Callable[[Row], Any]
+
+
+def column_kind(pg_type: str, dims: int = 0) -> str:
+    """How the evaluator compares a column of this type."""
+    if dims:
+        return "text"
+    if pg_type in NUMERIC_TYPES:
+        return "num"
+    return "bool" if pg_type == "bool" else "text"
+
+
+def num_key(text: str) -> tuple[int, Decimal]:
+    # Postgres orders NaN above every number and equal to itself.
+    if text == "NaN":
+        return (1, Decimal(0))
+    return (0, Decimal(text))
+
+
+def select_member(needles: list[_Eval], columns: list[_Eval], rows: Callable[[], Iterable[Row]],
+                  where: _Eval | None, *, negated: bool) -> _Eval:
+    """``needle [NOT] IN (SELECT column …)``, or row-valued with several needles and columns."""
+    if len(needles) > 1:
+        def row_contains(row: Row) -> Any:
+            found = [tuple(c(r) for c in columns) for r in rows() if where is None or where(r) is True]
+            return row_member(tuple(n(row) for n in needles), found, negated=negated)
+
+        return row_contains
+    needle, column = needles[0], columns[0]
+
+    def contains(row: Row) -> Any:
+        return member(needle(row), [column(r) for r in rows() if where is None or where(r) is True], negated=negated)
+
+    return contains
 
 
 def member(value: Any, values: list[Any], *, negated: bool) -> Any:
