@@ -11,12 +11,14 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
 from replica.testing.fake.tables import Row, Table
 from replica.testing.fake.where import WhereError
+
+T = TypeVar("T")
 
 __all__ = ["PgConn", "PgTable", "Snapshot", "quote_ident", "read_tables"]
 
@@ -264,20 +266,23 @@ def take_snapshot(
     select = f"SELECT {table.select_list(columns)} FROM {table.qualified}"
     if where is not None:
         select += f" WHERE ({where})"
+    found, xmin, xmax, xip = in_snapshot(
+        conn, lambda db: db.execute(select, list(params)).fetchall() if rows else []
+    )
+    return Snapshot([dict(zip(columns, values, strict=True)) for values in found], xmin, xmax, xip)
+
+
+def in_snapshot(conn: PgConn, read: Callable[[Any], T]) -> tuple[T, int, int, frozenset[int]]:
+    """``read(db)`` in one REPEATABLE READ, READ ONLY transaction, and that snapshot's xmin, xmax and xip."""
     with conn.lock:
         db = conn.connection()
         with db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             current = db.execute("SELECT pg_current_snapshot()::text").fetchone()
             assert current is not None
-            found = db.execute(select, list(params)).fetchall() if rows else []  # type: ignore[arg-type]
+            found = read(db)
     xmin, xmax, xip = str(current[0]).split(":")
-    return Snapshot(
-        [dict(zip(columns, values, strict=True)) for values in found],
-        int(xmin),
-        int(xmax),
-        frozenset(int(x) for x in xip.split(",") if x),
-    )
+    return found, int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x)
 
 
 # --- where clauses ---

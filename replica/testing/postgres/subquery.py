@@ -30,7 +30,7 @@ from pglast.stream import RawStream
 from replica.testing.fake.subquery import Condition, Split
 from replica.testing.fake.tables import Row
 from replica.testing.fake.where import WhereError
-from replica.testing.postgres.catalog import PgConn, PgTable, Snapshot, quote_ident, read_tables
+from replica.testing.postgres.catalog import PgConn, PgTable, Snapshot, in_snapshot, quote_ident, read_tables
 
 __all__ = ["Subqueries", "check_subqueries", "read_copies", "relations_read"]
 
@@ -377,16 +377,14 @@ class Subqueries:
 def read_copies(conn: PgConn, subqueries: Subqueries) -> tuple[Snapshot, dict[Relation, list[Row]]]:
     """The snapshot's visibility and full copies of every table the shape reads, in one REPEATABLE
     READ transaction (the shape's own rows are then judged from the root's copy)."""
-    copies: dict[Relation, list[Row]] = {}
-    with conn.lock:
-        db = conn.connection()
-        with db.transaction():
-            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            current = db.execute("SELECT pg_current_snapshot()::text").fetchone()
-            assert current is not None
-            for relation, table in subqueries.tables.items():
-                columns = list(table.columns)
-                found = db.execute(f"SELECT {table.select_list(columns)} FROM {table.qualified}").fetchall()
-                copies[relation] = [dict(zip(columns, values, strict=True)) for values in found]
-    xmin, xmax, xip = str(current[0]).split(":")
-    return Snapshot([], int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x)), copies
+
+    def read(db: Any) -> dict[Relation, list[Row]]:
+        copies: dict[Relation, list[Row]] = {}
+        for relation, table in subqueries.tables.items():
+            columns = list(table.columns)
+            found = db.execute(f"SELECT {table.select_list(columns)} FROM {table.qualified}").fetchall()
+            copies[relation] = [dict(zip(columns, values, strict=True)) for values in found]
+        return copies
+
+    copies, xmin, xmax, xip = in_snapshot(conn, read)
+    return Snapshot([], xmin, xmax, xip), copies
