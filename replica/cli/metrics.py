@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from replica.status import STATES, ShapeStatus
+from replica.store import outbox
 from replica.store.file import connect
 from replica.sync.events import SyncEvent
 
@@ -142,12 +143,10 @@ def _backlog(db: Path, now: float) -> Iterator[GaugeMetricFamily]:
     except Exception:  # not created yet: nothing waits
         return
     try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_replica_outbox'").fetchall():
-            for name, count, written in conn.execute(
-                'SELECT "name", count(*), min("written_at") FROM "_replica_outbox" GROUP BY "name"'
-            ):
-                pending.add_metric([name], count)
-                oldest.add_metric([name], max(0.0, now - written))
+        for name, backlog in outbox.backlogs(conn).items():
+            pending.add_metric([name], backlog.pending)
+            if backlog.oldest is not None:
+                oldest.add_metric([name], max(0.0, now - backlog.oldest))
     finally:
         conn.close()
     yield pending

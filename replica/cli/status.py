@@ -54,8 +54,7 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
         stored = positions.statuses(conn)
         wheres = {name: json.loads(definition).get("where") if definition else None
                   for name, definition in conn.execute('SELECT "name", "definition" FROM "_replica_shapes"')}
-        has_outbox = conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_replica_outbox'").fetchall()
-        backlogs = {s.name: outbox.summary(conn, s.name) if has_outbox else outbox.Backlog() for s in stored}
+        backlogs = outbox.backlogs(conn)
     finally:
         conn.close()
     running = writer_pid(db) is not None
@@ -75,7 +74,7 @@ def read_status(db: Path, *, live: Mapping[str, Mapping[str, Any]] | None = None
             state = "running" if running else "stopped"
         row = replace(status, state=state, error=error, lag=lag, live_mode=live_mode, write_rejected=rejected).to_json()
         row["depends_on"] = list(subquery_tables(wheres.get(status.name)))
-        backlog = backlogs[status.name]
+        backlog = backlogs.get(status.name, outbox.Backlog())
         row["writes_pending"], row["write_error"] = backlog.pending, backlog.error
         row["oldest_write_age"] = None if backlog.oldest is None else round(max(0.0, now - backlog.oldest), 3)
         result.append(row)

@@ -26,7 +26,7 @@ from replica.store import overlay, positions, txlog
 from replica.typemap.schema import TableSchema
 
 __all__ = [
-    "BATCH_LIMIT", "CONFIRM_GRACE", "Backlog", "accepted", "confirm", "failed", "next_batch", "reject", "summary",
+    "BATCH_LIMIT", "CONFIRM_GRACE", "Backlog", "accepted", "backlogs", "confirm", "failed", "next_batch", "reject",
     "waiting",
 ]
 
@@ -142,11 +142,17 @@ def confirm(
     return conn.changes()
 
 
-def summary(conn: apsw.Connection, name: str | None = None) -> Backlog:
-    where, args = ('WHERE "name" = ?', (name,)) if name is not None else ("", ())
-    row = conn.execute(f'SELECT count(*), min("written_at") FROM "_replica_outbox" {where}', args).fetchone()
-    count, oldest = row if row is not None else (0, None)
+def backlogs(conn: apsw.Connection) -> dict[str, Backlog]:
+    """The outbox at a glance per local table, in one read (a table with nothing waiting is absent; so is
+    every table of a database older than the outbox). Works on a read-only connection."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_replica_outbox'").fetchall():
+        return {}
     # The failing batch is the oldest one (batches go in order): its error is the latest failure.
-    error = conn.execute(f'SELECT "error" FROM "_replica_outbox" {where or "WHERE 1"} AND "error" IS NOT NULL '
-                         'ORDER BY "seq" LIMIT 1', args).fetchone()
-    return Backlog(int(count), None if oldest is None else float(oldest), None if error is None else str(error[0]))
+    return {
+        str(name): Backlog(int(count), float(oldest), None if error is None else str(error))
+        for name, count, oldest, error in conn.execute(
+            'SELECT "name", count(*), min("written_at"), (SELECT e."error" FROM "_replica_outbox" AS e '
+            'WHERE e."name" = o."name" AND e."error" IS NOT NULL ORDER BY e."seq" LIMIT 1) '
+            'FROM "_replica_outbox" AS o GROUP BY "name"'
+        )
+    }
