@@ -104,3 +104,27 @@ def test_the_stages_script_finds_every_step_it_times() -> None:
     """stages.py wraps functions by name; a rename elsewhere would break it only when someone measures."""
     code = "import stages; stages.instrument()"
     subprocess.run([sys.executable, "-c", code], cwd=BENCH, check=True, timeout=60)
+
+
+def test_a_peer_that_cannot_sync_a_table_is_reported_with_its_errors_not_a_crash() -> None:
+    """pglite-sync fails on the realistic table with every insert method (node prints the error, then a
+    stack, then its own version last); the run says so, with each error, where the ratio would be."""
+    import run
+
+    outputs = {
+        "csv": "node peer.mjs pglite failed (1): file:///x.js:1\nimport{b as ne}from\"./c.js\";var DatabaseError=1\n\n"
+               "error: malformed array literal: \"NULL\"\n  severity: 'ERROR',\n  code: '22P02'\n}\n\nNode.js v20.20.2",
+        "insert": "failed (1): x.js:1\nimport{b as ne}from\"./c.js\";\n\nTypeError: Cannot read properties of null "
+                  "(reading 'length')\n    at qe (file:///x.js:1:2)\n\nNode.js v20.20.2",
+    }
+    errors = {method: run.node_error(text) for method, text in outputs.items()}
+    assert errors == {"csv": 'error: malformed array literal: "NULL"',
+                      "insert": "TypeError: Cannot read properties of null (reading 'length')"}
+    result = {"dataset": "realistic", "rows": 100_000, "bytes_per_row": 651, "pairs": 5,
+              "replica": {"rows_per_s": 50_000, "peak_rss_mb": 112.0}, "ceiling": {"best": "jsonb+sql+ahead"},
+              "ceiling_rows_per_s": 55_000, "ratios": {"ceiling": {"median": 0.91, "min": 0.9, "max": 0.92}},
+              "cannot": {"pglite": errors}}
+    lines = run.targets({"initial": [result]})
+    assert any("pglite cannot sync this table" in line and "malformed array literal" in line
+               and "Cannot read properties of null" in line for line in lines)
+    assert "| cannot |" in run.table({"initial": [result]})

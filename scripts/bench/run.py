@@ -112,6 +112,7 @@ def initial(name: str, rows: int, peers: bool, tmp: Path, repeat: int) -> dict[s
                               "bytes_per_row": round(index["bytes"] / rows), "pairs": repeat}
     runs: dict[str, list[dict[str, Any]]] = {"replica": [], "ceiling": []}
     variants: list[str] = []  # the first pair runs every ceiling variant; later ones only those in contention
+    cannot: dict[str, dict[str, str]] = {}  # peer -> {insert method: the error} when every method failed
     try:
         for attempt in range(repeat):
             order = ["replica", "ceiling"] if attempt % 2 == 0 else ["ceiling", "replica"]
@@ -126,10 +127,19 @@ def initial(name: str, rows: int, peers: bool, tmp: Path, repeat: int) -> dict[s
             if not variants:
                 variants = contenders(runs["ceiling"][0]["variants"])
             for peer in ("client", "pglite") if peers else ():
-                runs.setdefault(peer, []).append(node_peer(server, peer, name, rows))
+                if peer in cannot:
+                    continue  # it failed on this table once: every pair would fail the same way
+                done = node_peer(server, peer, name, rows)
+                if "cannot" in done:
+                    cannot[peer] = done["cannot"]
+                    print(f"  {peer} cannot sync {name}: {done['cannot']}", flush=True)
+                else:
+                    runs.setdefault(peer, []).append(done)
     finally:
         server.close()
     result.update(summarise(runs))
+    if cannot:
+        result["cannot"] = cannot
     return result
 
 
@@ -201,22 +211,33 @@ def replica_sync(server: Server, name: str, rows: int, db: Path) -> dict[str, An
 
 
 def node_peer(server: Server, peer: str, name: str, rows: int) -> dict[str, Any]:
+    """One peer run; ``{"cannot": {method: error}}`` when every way it has to sync the table fails."""
     cmd = ["node", str(HERE / "peer.mjs"), peer, server.first, name, str(rows)]
     if peer == "pglite":
         cmd.append(DDL[name])
-    # pglite-sync's fastest initial insert is csv; it fails on some rows (wide), then insert.
-    for method in ("csv", "insert") if peer == "pglite" else ("-",):
+    # pglite-sync's fastest initial insert is csv; it fails on some rows (wide), then insert, then json.
+    failed: dict[str, str] = {}
+    for method in ("csv", "insert", "json") if peer == "pglite" else ("-",):
         try:
             wall, rss, out, _ = run_rss(cmd, timeout=900, env={"PGLITE_INSERT": method})
             break
         except RuntimeError as exc:
-            print(f"  {peer} ({method}) failed: {str(exc).splitlines()[-1][:200]}")
+            failed[method] = node_error(str(exc))
+            print(f"  {peer} ({method}) failed: {failed[method]}")
+    else:
+        return {"cannot": failed}
     line = json.loads(out.strip().splitlines()[-1])
     run = {"seconds": round(line["seconds"], 2), "rows_per_s": round(rows / line["seconds"]),
            "process_seconds": round(wall, 2), "peak_rss_mb": round(rss, 1)}
     if peer == "pglite":
         run["initial_insert"] = method
     return run
+
+
+def node_error(output: str) -> str:
+    """The error a failed node run names (its last line is only node's version)."""
+    found = [line.strip() for line in output.splitlines() if re.search(r"\b\w*Error\b|^\s*error:", line)]
+    return found[-1][:200] if found else output.strip().splitlines()[-1][:200]
 
 
 def percentiles(released: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
@@ -319,7 +340,8 @@ def table(report: dict[str, Any]) -> str:
             f"| {r['dataset']} ({r['bytes_per_row']} B/msg) | {r['rows']:,} | {rep:,} | "
             f"{r['replica'].get('process_seconds', '-')} | {r['replica']['peak_rss_mb']} | "
             f"{ceil:,} ({r['ceiling']['best']}) | {ratio(r, 'ceiling')} | {f'{client:,}' if client else '-'} | "
-            f"{f'{pglite:,}' if pglite else '-'} | {ratio(r, 'pglite') if pglite else '-'} |"
+            f"{f'{pglite:,}' if pglite else 'cannot' if 'pglite' in r.get('cannot', {}) else '-'} | "
+            f"{ratio(r, 'pglite') if pglite else '-'} |"
         )
     if "live" not in report:
         return "\n".join(lines)
@@ -345,6 +367,9 @@ def targets(report: dict[str, Any]) -> list[str]:
             median = r["ratios"]["pglite"]["median"]
             out.append(f"{r['dataset']} {r['rows']:,}: replica/pglite-sync {ratio(r, 'pglite')} (target >= 5) "
                        f"{'MET' if median >= 5 else 'not met'}")
+        for peer, why in r.get("cannot", {}).items():  # the target holds "where it can sync the table at all"
+            reasons = "; ".join(f"{method}: {error}" for method, error in why.items())
+            out.append(f"{r['dataset']} {r['rows']:,}: {peer} cannot sync this table ({reasons})")
     # The memory targets take the largest peak at 1M and the smallest at 100k: the strictest reading.
     by = {(r["dataset"], r["rows"]): r["replica"].get("runs_peak_rss_mb", [r["replica"]["peak_rss_mb"]])
           for r in report["initial"]}
