@@ -30,6 +30,7 @@ from replica.typemap.schema import quote_ident
 
 __all__ = [
     "STATE_SQL",
+    "Pending",
     "Published",
     "Stage",
     "add_missing_columns",
@@ -164,6 +165,19 @@ _ADDED_COLUMNS = {
     ),
     "_replica_staging": ('"lsn" INTEGER', '"headers" TEXT'),
 }
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What a consistency group's member has staged: a snapshot (``refetch``; its up-to-date came at
+    ``snapshot_lsn``, or not yet if None; ``witness``: ``txlog.first_after`` it) and/or ``changes``
+    waiting in the change log, the earliest at LSN ``lowest`` (0 for one without an LSN)."""
+
+    refetch: bool
+    snapshot_lsn: int | None
+    changes: int
+    lowest: int | None = None
+    witness: int | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Self, TypeVar
 
 import apsw
@@ -32,25 +32,13 @@ from replica.protocol.txids import Visibility
 from replica.status import STATES, ShapeStatus
 from replica.store import changelog, overlay, positions, snapshots, tables, txlog
 from replica.store.file import StoreLock, describe_apsw_error, make_private, wal_missing
-from replica.store.positions import STATE_SQL
+from replica.store.positions import STATE_SQL, Pending
 from replica.store.publish import Applied, publish, publish_stage
+from replica.store.wal import Checkpoints
 from replica.typemap.schema import TableSchema, check_table_name, fold_ident
 
 __all__ = ["STATE_SQL", "Applied", "Pending", "Store"]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Pending:
-    """What a consistency group's member has staged: a snapshot (``refetch``; its up-to-date came at
-    ``snapshot_lsn``, or not yet if None; ``witness``: ``txlog.first_after`` it) and/or ``changes``
-    waiting in the change log, the earliest at LSN ``lowest`` (0 for one without an LSN)."""
-
-    refetch: bool
-    snapshot_lsn: int | None
-    changes: int
-    lowest: int | None = None
-    witness: int | None = None
 
 
 def _complete(commit: Commit) -> int:
@@ -76,6 +64,7 @@ class Store:
         self._writer_lock = None if memory else StoreLock.acquire(self.path)
         self._busy_timeout = busy_timeout
         self._file_backed = not memory
+        self._wal: Checkpoints | None = None  # WAL checkpoints off the writer's commits (store.wal)
         try:
             with self._translate("opening the database"):
                 if not memory:
@@ -101,6 +90,9 @@ class Store:
             raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
                              "use a local filesystem (WAL does not work over network filesystems)")
         conn.pragma("synchronous", "NORMAL")
+        if self._file_backed and mode == "wal":
+            self._wal = self._wal or Checkpoints(self._open_path)
+            self._wal.watch(conn)
         fast.register(conn)
 
     # --- reading positions ---
@@ -324,7 +316,10 @@ class Store:
         """Close the connection and release the single-writer lock. Safe to call twice."""
         with self._mutex:
             conn, self._conn = self._conn, None
+            wal, self._wal = self._wal, None
             try:
+                if wal is not None:
+                    wal.close()  # before the last connection, which checkpoints and removes the WAL
                 if conn is not None:
                     with self._translate("closing the database"):
                         conn.close()
