@@ -96,4 +96,4 @@ def test_the_store_checkpoints_in_the_background_and_removes_the_wal_on_close(tm
         store.close()
     assert not Path(str(path) + "-wal").exists()  # the last connection to close checkpointed and removed it
     with apsw.Connection(str(path)) as conn:
-        assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in "tuv"] == [ROWS] * 3
+        assert [conn.execute(f"SELECT count(*) FROM {t}").get for t in "tuv"] == [ROWS] * 3
