@@ -7,6 +7,7 @@ update or delete of a missing key a gap), which replica's idempotent apply would
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -191,3 +192,50 @@ def test_drop_table_rotates_its_shapes(source: PostgresElectric, pg_dsn: str) ->
     wait_for(lambda: get(source, table="gone", offset="-1").status != 500, what="the catalog to catch up")
     response = get(source, table="gone", offset="-1")
     assert response.status == 400 and "does not exist" in response.json()["errors"]["table"][0]
+
+
+def test_paused_waits_for_a_poll_under_way_so_what_commits_inside_arrives_together(
+    source: PostgresElectric, pg_dsn: str
+) -> None:
+    """A poll that read the slot just before ``paused()`` began used to apply what it read after the
+    block, apart from the rest (a subquery test saw its two transactions in two responses)."""
+    sql(pg_dsn, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    _, handle, offset = read_log(source, table="t")
+    poller = source._poller
+    real, reading, go_on = poller.conn.rows, threading.Event(), threading.Event()
+
+    def rows(query: str, params: Any = None) -> Any:
+        found = real(query, params)
+        if "pg_logical_slot_get_changes" in query and not go_on.is_set():
+            reading.set()  # this poll has read the slot: hold it between its read and its apply
+            go_on.wait(10)
+        return found
+
+    poller.conn.rows = rows  # type: ignore[method-assign]
+    sql(pg_dsn, "INSERT INTO t VALUES (0, 'wakes the poller')")
+    assert reading.wait(10)
+    entered = threading.Event()
+
+    def commit_two() -> None:
+        with source.paused():
+            entered.set()
+            sql(pg_dsn, "INSERT INTO t VALUES (1, 'a')")
+            sql(pg_dsn, "INSERT INTO t VALUES (2, 'b')")
+
+    writer = threading.Thread(target=commit_two)
+    writer.start()
+    assert not entered.wait(0.3), "paused() began while a poll was between its read and its apply"
+    go_on.set()
+    writer.join(10)
+    assert entered.is_set()
+    arrived: list[list[dict[str, Any]]] = []
+
+    def both() -> bool:
+        nonlocal handle, offset
+        more, handle, offset = read_log(source, handle, offset, table="t")
+        arrived.append([m for m in more if "key" in m])
+        return any(m["value"]["id"] == "2" for m in arrived[-1])
+
+    wait_for(both, what="the two transactions")
+    ids = [[m["value"]["id"] for m in batch] for batch in arrived if batch]
+    assert ids[-1][-2:] == ["1", "2"], ids  # both in one response

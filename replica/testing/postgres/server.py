@@ -240,6 +240,7 @@ class _Poller:
         self.polls = 0
         self.read_to: str | None = None  # WAL flush position up to which the slot has been read
         self.checked = 0.0  # time.monotonic() of the last catalog check
+        self.gate = threading.Lock()  # held for a whole poll, read to apply: ``paused`` waits for one under way
         self.db.lsn = self._create_slot()
         self.thread = threading.Thread(target=self._run, name="replica-pg-poller", daemon=True)
 
@@ -276,6 +277,10 @@ class _Poller:
 
     def poll(self) -> bool:
         """One round; True when it returned a full batch (more may be waiting)."""
+        with self.gate:
+            return self._poll()
+
+    def _poll(self) -> bool:
         # Decoding re-reads WAL from the slot's restart point (milliseconds); asking whether any
         # WAL was flushed since the last read costs a tenth of that, so idle polls stay cheap.
         # (Decoding reads only flushed WAL, so the flush position is the right yardstick.)
@@ -348,8 +353,10 @@ class PostgresElectric(ShapeService):
     def paused(self) -> Iterator[None]:
         """Hold back the change stream inside the block (for tests of snapshot/log consistency):
         transactions committed meanwhile are applied after it, and a shape created inside it
-        already has them in its snapshot. Requests from other threads wait too."""
-        with self._db.lock:
+        already has them in its snapshot, and they arrive together: a poll under way when the block
+        begins finishes first, so it cannot read some of them and apply them apart from the rest.
+        Requests from other threads wait too."""
+        with self._poller.gate, self._db.lock:
             yield
 
     def close(self) -> None:
