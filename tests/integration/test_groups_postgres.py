@@ -92,22 +92,29 @@ def test_transfers_between_tables_are_never_half_visible_even_across_409s_and_ki
                                    str(total)], stdout=subprocess.PIPE, text=True)
         sync = daemon(config)
         moving = threading.Thread(target=writer, args=(pg_dsn, tables, stop, done))
+
+        def advance() -> None:
+            """1.5 s of transfers, and at least 60 of them: a loaded machine makes fewer in the same time."""
+            start = done[0]
+            time.sleep(1.5)
+            wait_for(lambda: done[0] >= start + 60, what="the writer's transfers", timeout=60)
+
         try:
             wait_for(lambda: db.exists() and all(len(local(db, t, ["id"])) == ROWS for t in tables),
                      what="the first consistent state", timeout=60)
             moving.start()
-            time.sleep(1.5)
+            advance()
             server_faults = source.faults
             if refetch:
                 server_faults.add(Fault("must_refetch", handle=True))  # the next request of some shape: a 409
-            time.sleep(1.5)
+            advance()
             sync.send_signal(signal.SIGKILL)  # mid-run, whatever it was doing
             sync.wait()
             sync = daemon(config)
-            time.sleep(1.5)
+            advance()
             if refetch:
                 server_faults.add(Fault("must_refetch", handle=True))
-            time.sleep(1.5)
+            advance()
         finally:
             stop.set()
             if moving.is_alive():
