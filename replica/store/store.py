@@ -369,6 +369,9 @@ class Store:
             # Our commits would go to an orphaned WAL. Start over on the real file, whose
             # checkpoint matches its rows (R1); the syncer resumes from there.
             conn.close()
+            if self._wal is not None:  # its connection sees the orphaned WAL too: it must not checkpoint it later
+                self._wal.close()  # (the last connection: it checkpoints and closes as the writer's own did)
+                self._wal = None
             self._open()
             raise StoreError(
                 f"{self.path}: the WAL file vanished under replica's writer: another copy of SQLite in "

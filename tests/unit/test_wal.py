@@ -97,3 +97,38 @@ def test_the_store_checkpoints_in_the_background_and_removes_the_wal_on_close(tm
     assert not Path(str(path) + "-wal").exists()  # the last connection to close checkpointed and removed it
     with apsw.Connection(str(path)) as conn:
         assert [conn.execute(f"SELECT count(*) FROM {t}").get for t in "tuv"] == [ROWS] * 3
+
+
+def test_a_wal_that_vanishes_under_the_writer_leaves_no_checkpointer_on_the_orphan(tmp_path: Path) -> None:
+    """Python's sqlite3 (another copy of SQLite) closing a connection in this process deletes the WAL
+    under the store (design.md §9). The store reopens; the checkpoint thread's connection still had
+    the orphaned WAL open, so it is replaced too: a checkpoint of the orphan after the reopen would
+    copy its pages under the new WAL's. The file stays intact and later commits land."""
+    import sqlite3
+
+    from replica.errors import StoreError
+
+    path = tmp_path / "app.db"
+    store = Store(path)
+    try:
+        store.local_writes("test", lambda conn: fill(conn, "big"))
+        first = store._wal
+        other = sqlite3.connect(path)
+        other.execute("SELECT count(*) FROM big").fetchone()
+        other.close()  # it believes it is the last connection: checkpoints and deletes the WAL
+        assert not os.path.exists(f"{path}-wal")
+        try:
+            store.local_writes("test", lambda conn: conn.execute("CREATE TABLE orphan (x)"))
+        except StoreError as exc:
+            assert "vanished" in str(exc)
+        assert store._wal is not None and store._wal is not first  # a new checkpointer, on the real WAL
+        assert first is not None and not first._thread.is_alive()
+        store.local_writes("test", lambda conn: fill(conn, "after"))
+    finally:
+        store.close()
+    conn = apsw.Connection(str(path))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT count(*) FROM after").fetchall() == [(ROWS,)]
+    finally:
+        conn.close()
