@@ -90,8 +90,8 @@ class Store:
             raise StoreError(f"{self.path}: SQLite could not switch to WAL mode (got {mode!r}); "
                              "use a local filesystem (WAL does not work over network filesystems)")
         conn.pragma("synchronous", "NORMAL")
-        if self._file_backed and mode == "wal":
-            self._wal = self._wal or Checkpoints(self._open_path)
+        if self._file_backed and mode == "wal":  # a reopen replaced the old one first (_transaction)
+            self._wal = Checkpoints(self._open_path)
             self._wal.watch(conn)
         fast.register(conn)
 
